@@ -1,0 +1,186 @@
+"""Phoenix payment service: takes money out of an account (depends on account and audit).
+
+Endpoints:
+    POST /payments  {"account": int, "amount": int > 0}
+                    -> 201 {"payment_id", "account", "amount", "balance", "created_at", "receipt"}
+                       402 insufficient funds, 404 unknown account,
+                       502/503 when account or audit cannot be used
+    GET  /payments  ?account=&limit= -> [{"payment_id", "account", "amount", "created_at",
+                    "receipt"}, ...] newest first
+
+The receipt is the hex HMAC-SHA256, keyed with JWT_SECRET, of the canonical JSON
+(sorted keys, no spaces) of {"account", "amount", "created_at", "payment_id"}.
+
+Environment: PORT (required), JWT_SECRET (required), ACCOUNT_URL, AUDIT_URL, DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from typing import Any
+
+from phoenix_common import (
+    MAX_ID,
+    Database,
+    Dependency,
+    HTTPError,
+    Request,
+    Response,
+    Service,
+    field_int,
+    json_response,
+    log_event,
+    utc_now,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS payments (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               account INTEGER NOT NULL,
+               amount INTEGER NOT NULL,
+               receipt TEXT NOT NULL,
+               created_at TEXT NOT NULL
+           )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS payments_account ON payments (account, id)")
+
+
+def sign_receipt(secret: bytes, payment_id: int, account: int, amount: int, created_at: str) -> str:
+    data = {
+        "account": account,
+        "amount": amount,
+        "created_at": created_at,
+        "payment_id": payment_id,
+    }
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+
+
+def balance_of(body: Any) -> int:
+    if isinstance(body, dict) and isinstance(body.get("balance"), int):
+        return int(body["balance"])
+    raise HTTPError(502, "account sent an invalid response", dependency="account")
+
+
+class Payments:
+    def __init__(
+        self, database: Database, secret: bytes, account: Dependency, audit: Dependency
+    ) -> None:
+        self.database = database
+        self.secret = secret
+        self.account = account
+        self.audit = audit
+
+    def create(self, request: Request) -> Response:
+        payload = request.json()
+        account_id = field_int(payload, "account", maximum=MAX_ID)
+        amount = field_int(payload, "amount")
+
+        status, body = self.account.call("GET", f"/accounts/{account_id}")
+        if status == 404:
+            raise HTTPError(404, f"account {account_id} not found")
+        if status != 200:
+            raise self.account.failed(status)
+        if balance_of(body) < amount:
+            raise HTTPError(402, "insufficient funds", account=account_id, balance=balance_of(body))
+
+        status, body = self.account.call(
+            "POST", f"/accounts/{account_id}/debit", {"amount": amount}
+        )
+        if status == 409:  # another request spent the money since the check above
+            raise HTTPError(402, "insufficient funds", account=account_id)
+        if status == 404:
+            raise HTTPError(404, f"account {account_id} not found")
+        if status != 200:
+            raise self.account.failed(status)
+        balance = balance_of(body)
+
+        try:
+            payment = self._record(account_id, amount, balance)
+        except Exception:
+            self._refund(account_id, amount)
+            raise
+        return json_response(201, payment)
+
+    def _record(self, account_id: int, amount: int, balance: int) -> dict[str, Any]:
+        status, _ = self.audit.call(
+            "POST",
+            "/records",
+            {"kind": "payment", "data": {"account": account_id, "amount": amount}},
+        )
+        if status != 201:
+            raise self.audit.failed(status)
+        created_at = utc_now()
+        with self.database.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO payments (account, amount, receipt, created_at) VALUES (?, ?, '', ?)",
+                (account_id, amount, created_at),
+            )
+            payment_id = int(cursor.lastrowid or 0)
+            receipt = sign_receipt(self.secret, payment_id, account_id, amount, created_at)
+            conn.execute("UPDATE payments SET receipt = ? WHERE id = ?", (receipt, payment_id))
+        return {
+            "payment_id": payment_id,
+            "account": account_id,
+            "amount": amount,
+            "balance": balance,
+            "created_at": created_at,
+            "receipt": receipt,
+        }
+
+    def _refund(self, account_id: int, amount: int) -> None:
+        """Give the money back after a failure that happened once it was debited."""
+        try:
+            status, _ = self.account.call(
+                "POST", f"/accounts/{account_id}/credit", {"amount": amount}
+            )
+        except HTTPError:
+            status = 0
+        event = "payment_refunded" if status == 200 else "payment_refund_failed"
+        log_event("payment", event=event, account=account_id, amount=amount)
+
+    def list(self, request: Request) -> Response:
+        account_id = request.query_int("account", None, maximum=MAX_ID)
+        limit = request.query_int("limit", 100, maximum=1000)
+        sql = "SELECT id, account, amount, receipt, created_at FROM payments"
+        params: list[object] = []
+        if account_id is not None:
+            sql += " WHERE account = ?"
+            params.append(account_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        with self.database.connect() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        payments = [
+            {
+                "payment_id": row["id"],
+                "account": row["account"],
+                "amount": row["amount"],
+                "created_at": row["created_at"],
+                "receipt": row["receipt"],
+            }
+            for row in rows
+        ]
+        return json_response(200, payments)
+
+
+def main() -> None:
+    service = Service("payment")
+    secret = service.require_secret()
+    account = service.dependency("account", "ACCOUNT_URL")
+    audit = service.dependency("audit", "AUDIT_URL")
+    database = Database.open("payment", migrate)
+    service.add_readiness_check(database.readiness_problem)
+    payments = Payments(database, secret, account, audit)
+    service.route("POST", r"/payments", payments.create)
+    service.route("GET", r"/payments", payments.list)
+    service.serve()
+
+
+if __name__ == "__main__":
+    main()

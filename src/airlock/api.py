@@ -1,0 +1,188 @@
+"""The library face: every CLI command is one function here, usable from Python.
+
+Functions take ``project``: the path of ``airlock.yaml`` or of the folder holding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
+from airlock.checks import Finding
+from airlock.checks.static import check_project
+from airlock.errors import UsageError
+from airlock.model import Project, load_project
+from airlock.plan import Plan
+from airlock.runner import (
+    DeployResult,
+    Progress,
+    deploy_async,
+    env_dir,
+    open_state,
+    planned,
+    require_env,
+    resume_async,
+)
+from airlock.runtimes.local import LocalRuntime, agent_running, log_path, stop_environment
+from airlock.state import Deployment
+
+PathLike = Path | str
+
+
+def project_at(project: PathLike = ".") -> Project:
+    return load_project(Path(project))
+
+
+def check(project: PathLike = ".") -> list[Finding]:
+    """Static findings for the project (``airlock check``)."""
+    return check_project(project_at(project))
+
+
+def build(project: PathLike = ".", version: str | None = None) -> tuple[Bundle, bool]:
+    """Seal the project into a release bundle (``airlock release build``)."""
+    return build_release(project_at(project), version)
+
+
+def releases(project: PathLike = ".") -> list[Bundle]:
+    return list_releases(project_at(project).root)
+
+
+def release(project: PathLike, ref: str) -> Bundle:
+    return load_bundle(project_at(project).root, ref)
+
+
+def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
+    """What deploying a release to ``env`` would do (``airlock plan``)."""
+    root = project_at(project).root
+    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    with open_state(root) as store:
+        return planned(bundle, env, store)
+
+
+def deploy(
+    project: PathLike,
+    env: str,
+    release_ref: str | None = None,
+    *,
+    progress: Progress | None = None,
+) -> DeployResult:
+    """Deploy a sealed release (the newest by default); rolled back automatically on failure."""
+    root = project_at(project).root
+    return asyncio.run(deploy_async(root, env, release_ref, progress=progress))
+
+
+def rollback(
+    project: PathLike, env: str, to: str | None = None, *, progress: Progress | None = None
+) -> DeployResult:
+    """Deploy the previous good release again (or ``to``) (``airlock rollback``)."""
+    root = project_at(project).root
+    with open_state(root) as store:
+        target = to or store.previous_good_release(env)
+    if target is None:
+        raise UsageError(
+            f"environment {env!r} has no earlier release to roll back to",
+            hint="name one with --to RELEASE (see `airlock history`)",
+        )
+    return asyncio.run(deploy_async(root, env, target, kind="rollback", progress=progress))
+
+
+def resume(project: PathLike, env: str, *, progress: Progress | None = None) -> DeployResult | None:
+    """Finish or roll back an interrupted deploy; ``None`` when there is none."""
+    root = project_at(project).root
+    return asyncio.run(resume_async(root, env, progress=progress))
+
+
+def history(project: PathLike, env: str | None = None, limit: int = 50) -> list[Deployment]:
+    with open_state(project_at(project).root) as store:
+        return store.deployments(env, limit)
+
+
+def status(project: PathLike, env: str) -> dict[str, Any]:
+    """What runs in ``env``: release, services, instances, lock (``airlock status``)."""
+    loaded = project_at(project)
+    require_env(loaded, env)
+    root = loaded.root
+    with open_state(root) as store:
+        deployed = store.deployed(env)
+        lock = store.lock(env)
+        running = store.running(env)
+        last = store.deployments(env, 1)
+        current = store.current_release(env)
+    folder = env_dir(root, env)
+    instances: dict[str, Any] = {}
+    ports: dict[str, int] = {}
+    if agent_running(folder):
+        runtime = LocalRuntime(folder, env, start_agent=False)
+        for item in asyncio.run(runtime.status()):
+            instances[item.instance_id] = item
+            ports.setdefault(item.service, item.port)
+    version = None
+    if current is not None:
+        try:
+            version = load_bundle(root, current).version
+        except UsageError:
+            version = None
+    services = []
+    for name, row in deployed.items():
+        instance = instances.get(row.instance_id)
+        services.append(
+            {
+                "service": name,
+                "release": row.release_id,
+                "instance": row.instance_id,
+                "running": bool(instance and instance.running),
+                "pid": instance.pid if instance else None,
+                "restarts": instance.exits if instance else 0,
+                "since": row.updated_at,
+            }
+        )
+    return {
+        "env": env,
+        "release": current,
+        "version": version,
+        "agent": agent_running(folder),
+        "services": services,
+        "lock": lock,
+        "running_deployment": running.id if running else None,
+        "last_deployment": last[0].to_dict() if last else None,
+    }
+
+
+def logs(project: PathLike, env: str, service: str, lines: int = 100) -> list[str]:
+    """The last ``lines`` lines of a service's log in ``env`` (secrets already masked)."""
+    loaded = project_at(project)
+    require_env(loaded, env)
+    path = log_path(env_dir(loaded.root, env), service)
+    if not path.is_file():
+        known = sorted(loaded.services)
+        if service not in known:
+            raise UsageError(
+                f"no service {service!r} in {loaded.file}", hint="services: " + ", ".join(known)
+            )
+        raise UsageError(
+            f"no logs for {service!r} in {env!r} yet ({path})",
+            hint=f"deploy first: `airlock deploy {env}`",
+        )
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+
+
+def stop_env(project: PathLike, env: str) -> bool:
+    """Stop every process of ``env`` (``airlock env stop``); whether anything was running."""
+    loaded = project_at(project)
+    require_env(loaded, env)
+    with open_state(loaded.root) as store:
+        running = store.running(env)
+        if running is not None and running.holder_alive:
+            raise UsageError(
+                f"a deployment to {env!r} is running ({running.id}, {running.holder})",
+                hint="let it finish or interrupt it first",
+            )
+        was_running = stop_environment(env_dir(loaded.root, env))
+        store.remove_deployed(env)
+        if running is not None:
+            store.finish(running.id, "aborted", reason="the environment was stopped")
+    return was_running

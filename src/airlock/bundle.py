@@ -1,0 +1,316 @@
+"""Sealed, content-addressed release bundles (INC02).
+
+``airlock release build`` copies everything a release is made of — ``airlock.yaml``, every
+service's sources, the migrations — under ``.airlock/releases/<id>/files/`` and writes a
+``manifest.json`` with the sha256 of every file, each service's digest and its rendered config for
+every environment. The id is a hash of that content, so any changed file gives another id.
+Deploys run services from the bundle, never from the working tree, and verify every file first.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import ReleaseError, TamperedReleaseError
+from airlock.model import PROJECT_FILE, Project, load_project
+from airlock.plan import render_config, service_digest
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+_SKIP_DIRS = {"__pycache__", ".git", ".airlock", ".venv", "node_modules", ".mypy_cache"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+def state_dir(project_root: Path) -> Path:
+    """Where Airlock keeps its state for a project: ``.airlock/`` beside ``airlock.yaml``."""
+    return project_root / ".airlock"
+
+
+def releases_dir(project_root: Path) -> Path:
+    return state_dir(project_root) / "releases"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _walk(root: Path, relative: str) -> Iterator[str]:
+    """Project-relative paths of the files under ``relative`` (a file or a folder)."""
+    path = root / relative
+    if path.is_file():
+        yield path.relative_to(root).as_posix()
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for filename in sorted(filenames):
+            if Path(filename).suffix in _SKIP_SUFFIXES:
+                continue
+            yield (Path(dirpath) / filename).relative_to(root).as_posix()
+
+
+def _sources(project: Project) -> dict[str, list[str]]:
+    root = project.root
+    sources: dict[str, list[str]] = {}
+    for name, service in project.services.items():
+        files: list[str] = []
+        for index, entry in enumerate(service.source):
+            target = (root / entry).resolve()
+            if not target.is_relative_to(root):
+                raise ReleaseError(
+                    f"{project.locate('services', name, 'source', index)}: source {entry!r} of "
+                    f"service {name!r} is outside the project folder",
+                    hint="sources must live beside airlock.yaml",
+                )
+            if not target.exists():
+                raise ReleaseError(
+                    f"{project.locate('services', name, 'source', index)}: source {entry!r} of "
+                    f"service {name!r} does not exist",
+                    hint="fix the path (relative to airlock.yaml) and build again",
+                )
+            files.extend(_walk(root, entry))
+        sources[name] = sorted(set(files))
+    return sources
+
+
+def _migrations(project: Project) -> list[str]:
+    if project.database is None or project.database.migrations is None:
+        return []
+    folder = project.root / project.database.migrations
+    if not folder.is_dir():
+        raise ReleaseError(
+            f"migrations folder {project.database.migrations!r} does not exist",
+            hint="create it or remove database.migrations from airlock.yaml",
+        )
+    return list(_walk(project.root, project.database.migrations))
+
+
+def content_id(content: dict[str, Any]) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A sealed release on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def created_at(self) -> str:
+        return str(self.manifest["created_at"])
+
+    @property
+    def files_dir(self) -> Path:
+        return self.path / "files"
+
+    @cached_property
+    def project(self) -> Project:
+        """The project as sealed (its root is the bundle's ``files/`` folder)."""
+        return load_project(self.files_dir / PROJECT_FILE)
+
+    def digests(self, env: str) -> dict[str, str]:
+        return {name: s["digests"][env] for name, s in self.manifest["services"].items()}
+
+    def config(self, env: str) -> dict[str, dict[str, str]]:
+        if env not in self.manifest["config"]:
+            known = ", ".join(sorted(self.manifest["config"]))
+            raise ReleaseError(
+                f"release {self.id} has no environment {env!r}",
+                hint=f"environments in this release: {known}",
+            )
+        return {k: dict(v) for k, v in self.manifest["config"][env].items()}
+
+    def verify(self) -> None:
+        """Refuse a bundle whose files or manifest changed after sealing (INC02)."""
+        changes: list[tuple[str, str, str]] = []
+        for relative, want in sorted(self.manifest["files"].items()):
+            path = self.files_dir / relative
+            got = sha256_file(path) if path.is_file() else "(missing)"
+            if got != want:
+                changes.append((relative, want, got))
+        seen = {p.relative_to(self.files_dir).as_posix() for p in self.files_dir.rglob("*")}
+        seen = {p for p in seen if (self.files_dir / p).is_file()}
+        for extra in sorted(seen - set(self.manifest["files"])):
+            if "__pycache__" in extra or Path(extra).suffix in _SKIP_SUFFIXES:
+                continue
+            changes.append((extra, "(not sealed)", sha256_file(self.files_dir / extra)))
+        recomputed = content_id(_content_of(self.manifest))
+        if recomputed != self.id:
+            changes.append((MANIFEST, self.id, recomputed))
+        if changes:
+            raise TamperedReleaseError(self.id, changes)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "created_at": self.created_at,
+            "created_by": self.manifest.get("created_by"),
+            "project": self.manifest["project"],
+            "services": sorted(self.manifest["services"]),
+            "files": len(self.manifest["files"]),
+            "environments": sorted(self.manifest["config"]),
+        }
+
+
+def _content_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: manifest[key]
+        for key in ("format", "project", "version", "files", "services", "config", "migrations")
+    }
+
+
+def build_release(project: Project, version: str | None = None) -> tuple[Bundle, bool]:
+    """Seal the project as it is on disk; return the bundle and whether it is new.
+
+    Building the same content twice gives the same id and reuses the existing bundle.
+    """
+    root = project.root
+    sources = _sources(project)
+    migrations = _migrations(project)
+    relative_files = sorted(
+        {PROJECT_FILE, *migrations, *(f for fs in sources.values() for f in fs)}
+    )
+    files = {relative: sha256_file(root / relative) for relative in relative_files}
+    config = {env: render_config(project, env) for env in project.environments}
+    services = {
+        name: {
+            "sources": sources[name],
+            "digests": {
+                env: service_digest(
+                    name,
+                    service.argv,
+                    {f: files[f] for f in sources[name]},
+                    config[env][name],
+                    (service.health, service.ready),
+                )
+                for env in project.environments
+            },
+        }
+        for name, service in project.services.items()
+    }
+    content: dict[str, Any] = {
+        "format": FORMAT,
+        "project": project.project,
+        "version": version or "",
+        "files": files,
+        "services": services,
+        "config": config,
+        "migrations": migrations,
+    }
+    draft_id = content_id(content)
+    if not version:
+        content["version"] = draft_id[:8]
+    release_id = content_id(content)
+    target = releases_dir(root) / release_id
+    if (target / MANIFEST).is_file():
+        bundle = load_bundle(root, release_id)
+        bundle.verify()
+        return bundle, False
+    manifest = {
+        "id": release_id,
+        **content,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+    }
+    releases_dir(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=releases_dir(root)))
+    try:
+        for relative in relative_files:
+            destination = staging / "files" / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, destination)
+            if sha256_file(destination) != files[relative]:
+                raise ReleaseError(
+                    f"{relative} changed while the release was being built",
+                    hint="build again once nothing is writing to the project",
+                )
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for path in sorted(staging.rglob("*"), reverse=True):
+            if path.is_file():
+                path.chmod(0o444)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Bundle(target, manifest), True
+
+
+def load_bundle(project_root: Path, ref: str) -> Bundle:
+    """A sealed release by id, id prefix or version label."""
+    folder = releases_dir(project_root)
+    candidates = list_releases(project_root)
+    exact = [b for b in candidates if b.id == ref or b.version == ref]
+    matches = exact or [b for b in candidates if b.id.startswith(ref)]
+    if not matches:
+        hint = (
+            "list them with `airlock release list`"
+            if candidates
+            else ("seal one with `airlock release build`")
+        )
+        raise ReleaseError(f"no release {ref!r} in {folder}", hint=hint)
+    if len(matches) > 1:
+        ids = ", ".join(b.id for b in matches)
+        raise ReleaseError(f"{ref!r} matches several releases: {ids}", hint="give more of the id")
+    return matches[0]
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReleaseError(
+            f"release manifest {path / MANIFEST} cannot be read: {exc}",
+            hint="the bundle is damaged; seal the release again",
+        ) from None
+    if not isinstance(data, dict) or "id" not in data:
+        raise ReleaseError(f"{path / MANIFEST} is not a release manifest")
+    return data
+
+
+def list_releases(project_root: Path) -> list[Bundle]:
+    """Every sealed release, oldest first."""
+    folder = releases_dir(project_root)
+    if not folder.is_dir():
+        return []
+    bundles = [
+        Bundle(path, _read_manifest(path))
+        for path in folder.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).is_file()
+    ]
+    return sorted(bundles, key=lambda b: (b.created_at, b.id))
+
+
+def latest_release(project_root: Path) -> Bundle:
+    bundles = list_releases(project_root)
+    if not bundles:
+        raise ReleaseError(
+            "no sealed release to deploy",
+            hint="seal one with `airlock release build --version V`; only sealed releases deploy",
+        )
+    return bundles[-1]

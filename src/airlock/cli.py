@@ -1,0 +1,473 @@
+"""The ``airlock`` command: argument parsing and rendering only.
+
+Every command calls one function of :mod:`airlock.api`. Errors meet the user in one place,
+:func:`main`: an :class:`~airlock.errors.AirlockError` prints its message and hint (no traceback)
+and exits 2 for bad input or 1 when a gate said no or a release failed; ``--debug`` re-raises.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from airlock import api
+from airlock.checks import CODES, Finding, Severity, has_errors
+from airlock.errors import AirlockError
+from airlock.model import json_schema
+from airlock.runner import DeployResult, ProgressEvent
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="airlock",
+    help="Safe, fast and measured releases of multi-service systems.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+release_app = typer.Typer(help="Seal and inspect release bundles.", no_args_is_help=True)
+env_app = typer.Typer(help="Manage running environments.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+app.add_typer(env_app, name="env")
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+_settings: dict[str, Any] = {"project": Path("."), "debug": False}
+
+ProjectOption = typer.Option(
+    None,
+    "--project",
+    "-p",
+    help="airlock.yaml, or the folder holding it (default: the current folder).",
+    envvar="AIRLOCK_PROJECT",
+)
+FormatOption = typer.Option(Format.text, "--format", "-f", help="Output format.")
+
+
+@app.callback()
+def _root(
+    project: Path | None = ProjectOption,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of Airlock errors."),
+) -> None:
+    """Safe, fast and measured releases of multi-service systems."""
+    _settings["project"] = project or Path(".")
+    _settings["debug"] = debug
+
+
+def _project(override: Path | None = None) -> Path:
+    return override or _settings["project"]
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of airlock.yaml (for editors and CI)."""
+    _json(json_schema())
+
+
+@app.command()
+def check(
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Check the project without running anything: dependencies, references, ports.
+
+    Exits 1 when a finding is an error, 2 when the project file cannot be read.
+    """
+    findings = api.check(_project(project))
+    if format is Format.json:
+        _json(
+            {
+                "findings": [f.to_dict() for f in findings],
+                "errors": sum(f.severity is Severity.ERROR for f in findings),
+                "warnings": sum(f.severity is Severity.WARNING for f in findings),
+            }
+        )
+    else:
+        _render_findings(findings)
+    if has_errors(findings):
+        raise typer.Exit(1)
+
+
+def _render_findings(findings: list[Finding]) -> None:
+    if not findings:
+        console.print("[green]✓[/] no findings")
+        return
+    colours = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
+    for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO):
+        group = [f for f in findings if f.severity is severity]
+        if not group:
+            continue
+        console.print(f"[bold {colours[severity]}]{severity.value}s ({len(group)})[/]")
+        for finding in group:
+            console.print(f"  {finding.location}: [bold]{finding.code}[/] {finding.message}")
+            if finding.hint:
+                console.print(f"      hint: {finding.hint}")
+
+
+# -- releases ----------------------------------------------------------------------------------
+
+
+@release_app.command("build")
+def release_build(
+    version: str | None = typer.Option(None, "--version", "-v", help="A label, e.g. v1.4.0."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Seal the project into a content-addressed release bundle under .airlock/releases/."""
+    bundle, new = api.build(_project(project), version)
+    if format is Format.json:
+        _json({**bundle.summary(), "new": new, "path": str(bundle.path)})
+        return
+    verb = "sealed" if new else "already sealed"
+    console.print(
+        f"[green]✓[/] {verb} release [bold]{bundle.id}[/] ({bundle.version}): "
+        f"{len(bundle.manifest['files'])} files, {len(bundle.manifest['services'])} services"
+    )
+    console.print(f"  {bundle.path}")
+
+
+@release_app.command("list")
+def release_list(project: Path | None = ProjectOption, format: Format = FormatOption) -> None:
+    """List sealed releases, oldest first."""
+    bundles = api.releases(_project(project))
+    if format is Format.json:
+        _json([b.summary() for b in bundles])
+        return
+    if not bundles:
+        console.print("no sealed releases yet; seal one with `airlock release build`")
+        return
+    table = Table("id", "version", "created", "by", "files")
+    for b in bundles:
+        table.add_row(
+            b.id,
+            b.version,
+            b.created_at,
+            str(b.manifest.get("created_by")),
+            str(len(b.manifest["files"])),
+        )
+    console.print(table)
+
+
+@release_app.command("show")
+def release_show(
+    release: str = typer.Argument(..., help="Release id, id prefix or version."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Show a release: its files with their sha256, services and environments."""
+    bundle = api.release(_project(project), release)
+    if format is Format.json:
+        _json(bundle.manifest)
+        return
+    summary = bundle.summary()
+    console.print(
+        f"[bold]{bundle.id}[/] ({bundle.version}) sealed {summary['created_at']} "
+        f"by {summary['created_by']}"
+    )
+    console.print(f"environments: {', '.join(summary['environments'])}")
+    table = Table("file", "sha256")
+    for path, digest in sorted(bundle.manifest["files"].items()):
+        table.add_row(path, digest[:16] + "…")
+    console.print(table)
+
+
+# -- plan and deploy ---------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    env: str = typer.Argument(..., help="Environment name."),
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Show what a deploy would do: start order (as waves) and changes against what runs."""
+    result = api.plan(_project(project), env, release)
+    if format is Format.json:
+        _json(result.to_dict())
+        return
+    previous = result.previous_release or "nothing"
+    console.print(
+        f"deploy [bold]{result.version}[/] ({result.release}) to [bold]{env}[/] "
+        f"(now: {previous}); bake {result.bake_seconds:g}s"
+    )
+    for index, wave in enumerate(result.waves, 1):
+        console.print(f"  wave {index}: {', '.join(wave)}")
+    console.print("  (each service starts as soon as its own dependencies are ready)")
+    table = Table("service", "action", "why")
+    for service in result.services:
+        table.add_row(service.name, service.action, service.reason)
+    console.print(table)
+    for service in result.changed:
+        for change in service.config_changes:
+            old = "" if change.old is None else f"{change.old} → "
+            new = "" if change.new is None else change.new
+            console.print(f"  {service.name}.{change.key}: {change.change} {old}{new}")
+
+
+_ICONS = {
+    "start": "▶",
+    "started": "·",
+    "ready": "✓",
+    "switch": "⇄",
+    "revert": "↩",
+    "stop-new": "■",
+    "stop-old": "■",
+    "failed": "✗",
+    "plan": "•",
+    "done": "•",
+}
+
+
+class _Printer:
+    """Live progress of a release: one line per step, with the time since it began."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.began = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        style = {"failed": "red", "ready": "green", "revert": "yellow"}.get(event.kind, "")
+        icon = _ICONS.get(event.kind, "·")
+        text = f"{icon} {event.message}"
+        errors.print(
+            f"  {time.monotonic() - self.began:6.2f}s  "
+            + (f"[{style}]{text}[/]" if style else text),
+            markup=True,
+        )
+
+
+def _report(result: DeployResult, format: Format) -> None:
+    if format is Format.json:
+        _json(result.to_dict())
+    elif result.outcome == "succeeded":
+        console.print(
+            f"[green]✓[/] {result.kind} of {result.version} to {result.env} succeeded in "
+            f"{result.duration_seconds:.1f}s (started: {', '.join(result.started) or 'none'})"
+        )
+    else:
+        console.print(
+            f"[red]✗[/] {result.kind} of {result.version} to {result.env} failed: {result.reason}"
+        )
+        if result.rollback_seconds is not None:
+            console.print(
+                f"  rolled back automatically in {result.rollback_seconds:.2f}s; the previous "
+                "release kept serving"
+            )
+    if result.outcome != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    env: str = typer.Argument(..., help="Environment name."),
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Deploy a sealed release: dependency order, readiness gates, bake, automatic rollback.
+
+    Exits 1 when the release failed and was rolled back. Ctrl-C rolls back too.
+    """
+    result = api.deploy(
+        _project(project), env, release, progress=_Printer(quiet=format is Format.json)
+    )
+    _report(result, format)
+
+
+@app.command()
+def rollback(
+    env: str = typer.Argument(..., help="Environment name."),
+    to: str | None = typer.Option(None, "--to", help="Release to go back to (default: previous)."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Deploy the previous good release again (or --to RELEASE)."""
+    result = api.rollback(
+        _project(project), env, to, progress=_Printer(quiet=format is Format.json)
+    )
+    _report(result, format)
+
+
+@app.command()
+def resume(
+    env: str = typer.Argument(..., help="Environment name."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Finish an interrupted deploy: roll it back, or complete it if it had already succeeded."""
+    result = api.resume(_project(project), env, progress=_Printer(quiet=format is Format.json))
+    if result is None:
+        if format is Format.json:
+            _json({"env": env, "resumed": None})
+        else:
+            console.print(f"nothing to resume in {env}")
+        return
+    if format is Format.json:
+        _json(result.to_dict())
+    else:
+        word = "completed" if result.outcome == "succeeded" else "rolled back"
+        console.print(f"[green]✓[/] interrupted deployment {result.deployment_id} {word}")
+
+
+@app.command()
+def status(
+    env: str = typer.Argument(..., help="Environment name."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Show the deployed release, its services and instances, and any lock."""
+    data = api.status(_project(project), env)
+    if format is Format.json:
+        _json(data)
+        return
+    release = data["release"] or "nothing deployed"
+    console.print(
+        f"[bold]{env}[/]: {release}" + (f" ({data['version']})" if data["version"] else "")
+    )
+    if data["lock"]:
+        lock = data["lock"]
+        console.print(
+            f"  locked by {lock['holder']} since {lock['since']} ({lock['deployment_id']})"
+        )
+    if data["services"]:
+        table = Table("service", "release", "instance", "running", "pid", "restarts")
+        for s in data["services"]:
+            table.add_row(
+                s["service"],
+                s["release"],
+                s["instance"],
+                "yes" if s["running"] else "[red]no[/]",
+                str(s["pid"] or "-"),
+                str(s["restarts"]),
+            )
+        console.print(table)
+
+
+@app.command()
+def history(
+    env: str = typer.Argument(..., help="Environment name."),
+    limit: int = typer.Option(20, "--limit", "-n", help="How many, newest first."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """List deployments of an environment, newest first."""
+    rows = api.history(_project(project), env, limit)
+    if format is Format.json:
+        _json([d.to_dict() for d in rows])
+        return
+    table = Table(
+        "deployment", "kind", "version", "release", "status", "started", "seconds", "reason"
+    )
+    for d in rows:
+        seconds = f"{d.duration_seconds:.1f}" if d.duration_seconds is not None else "-"
+        table.add_row(
+            d.id, d.kind, d.version, d.release_id, d.status, d.started_at, seconds, d.reason or ""
+        )
+    console.print(table)
+
+
+@app.command()
+def logs(
+    env: str = typer.Argument(..., help="Environment name."),
+    service: str = typer.Argument(..., help="Service name."),
+    lines: int = typer.Option(100, "--lines", "-n", help="How many of the last lines."),
+    project: Path | None = ProjectOption,
+) -> None:
+    """Print the last lines of a service's log (secret values are masked)."""
+    for line in api.logs(_project(project), env, service, lines):
+        sys.stdout.write(line + "\n")
+
+
+@env_app.command("stop")
+def env_stop(
+    env: str = typer.Argument(..., help="Environment name."),
+    project: Path | None = ProjectOption,
+) -> None:
+    """Stop every service process and the agent of an environment."""
+    if api.stop_env(_project(project), env):
+        console.print(f"[green]✓[/] stopped everything in {env}")
+    else:
+        console.print(f"nothing was running in {env}")
+
+
+@app.command()
+def demo(
+    keep: bool = typer.Option(False, "--keep", help="Keep the temporary workspace."),
+    format: Format = FormatOption,
+) -> None:
+    """Deploy the Phoenix example: v1 to staging and production, v2, then a bad v3 rolled back."""
+    from airlock.demo import render_summary, run_demo
+
+    summary = run_demo(keep=keep, progress=None if format is Format.json else errors)
+    if format is Format.json:
+        _json(summary.to_dict())
+    else:
+        render_summary(summary, console)
+    if not summary.passed:
+        raise typer.Exit(1)
+
+
+@app.command("codes")
+def codes() -> None:
+    """List every finding code with what it means."""
+    for code, meaning in sorted(CODES.items()):
+        console.print(f"[bold]{code}[/]  {meaning}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place where errors meet the user.
+
+    Usage errors (an unknown option, a missing argument) are reported by the argument parser
+    and exit 2; Airlock's own errors print their message and hint and exit with their code.
+    """
+    try:
+        app(args=argv, prog_name="airlock")
+    except AirlockError as exc:
+        if _settings["debug"]:
+            raise
+        errors.print(f"[bold red]error:[/] {escape(exc.message)}")
+        if exc.hint:
+            errors.print(f"  hint: {escape(exc.hint)}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        errors.print(
+            "[bold red]internal error:[/] this is a bug in Airlock; please report it with the "
+            "traceback above"
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

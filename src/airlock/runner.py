@@ -1,0 +1,677 @@
+"""The runner: drives the release engine with real IO.
+
+For each deploy it takes the environment's lock, then loops: journal an event, hand it to the
+engine, carry out the actions the engine returns on the runtime, and turn what the runtime reports
+(an instance started, answered its readiness probe, exited) into the next events. Every event is
+written to the state store *before* the engine sees it, so a deploy whose process died can be
+rebuilt by :func:`resume` from the journal alone.
+
+Resume policy: an interrupted deploy is **rolled back**, unless its journal shows the engine had
+already finished successfully (then only the bookkeeping is completed). Nobody watched the new
+versions while the deploying process was gone, so their readiness and bake evidence is stale; the
+previous release is the one known to be good, and its instances are still running (old versions
+are only stopped after a successful bake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airlock.bundle import Bundle, latest_release, load_bundle, state_dir
+from airlock.checks import has_errors
+from airlock.checks.static import check_project
+from airlock.engine import (
+    Abort,
+    Action,
+    Begin,
+    Event,
+    Exited,
+    Failed,
+    Finish,
+    Ready,
+    Release,
+    ReleasePhase,
+    RevertTraffic,
+    ServicePhase,
+    Started,
+    StartNew,
+    StopNew,
+    StopOld,
+    Stopped,
+    SwitchTraffic,
+    Tick,
+    event_from_dict,
+    event_to_dict,
+    replay,
+)
+from airlock.errors import (
+    AirlockError,
+    GateFailed,
+    ReleaseFailed,
+    RuntimeFailure,
+    SecretError,
+    StateError,
+    UsageError,
+)
+from airlock.model import Project, Reference, references, substitute
+from airlock.plan import DeployedService, Plan, make_plan, secret_keys
+from airlock.runtimes import InstanceSpec, Runtime
+from airlock.runtimes.local import LocalRuntime
+from airlock.secrets import Masker
+from airlock.state import DeployedRow, StateStore
+
+POLL_SECONDS = 0.05
+BAKE_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Something a face may show while a release runs."""
+
+    kind: str  # plan, start, started, ready, switch, revert, stop-new, stop-old, bake, failed, done
+    service: str | None
+    message: str
+    at: float
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class DeployResult:
+    """How a deploy (or rollback, or resume) ended, with its timings."""
+
+    deployment_id: str
+    env: str
+    release: str
+    version: str
+    kind: str
+    outcome: str  # succeeded | rolled_back
+    reason: str | None = None
+    failed_service: str | None = None
+    duration_seconds: float = 0.0
+    detected_at: float | None = None
+    finished_at: float | None = None
+    started: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rollback_seconds(self) -> float | None:
+        """From the failure being detected to the previous version serving alone again."""
+        if self.detected_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.detected_at
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k not in {"detected_at", "finished_at"}}
+        data["rollback_seconds"] = self.rollback_seconds
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and context.
+
+
+def env_dir(project_root: Path, env: str) -> Path:
+    return state_dir(project_root) / "envs" / env
+
+
+def open_state(project_root: Path) -> StateStore:
+    return StateStore(state_dir(project_root) / "state.db")
+
+
+def resolve_argv(argv: list[str]) -> tuple[str, ...]:
+    """``python``/``python3`` at the head of a command means the interpreter running Airlock."""
+    if argv and argv[0] in {"python", "python3"}:
+        return (sys.executable, *argv[1:])
+    return tuple(argv)
+
+
+def require_env(project: Project, env: str) -> None:
+    if env not in project.environments:
+        known = ", ".join(sorted(project.environments))
+        raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
+
+
+def resolve_secrets(config: Mapping[str, Mapping[str, str]], env: str) -> dict[str, str]:
+    """Values of every secret the environment's config references, from the process
+    environment. Missing ones are reported together, by name only."""
+    wanted: dict[str, list[str]] = {}
+    for service, values in config.items():
+        for key, value in values.items():
+            for ref in references(value):
+                if ref.kind == "secret":
+                    wanted.setdefault(ref.name, []).append(f"{service}.{key}")
+    missing = {name: users for name, users in wanted.items() if not os.environ.get(name)}
+    if missing:
+        lines = [
+            f"  {name} (used by {', '.join(users)})" for name, users in sorted(missing.items())
+        ]
+        raise SecretError(
+            f"environment {env!r} needs secrets that are not set:\n" + "\n".join(lines),
+            hint="export them in the environment that runs airlock (values are never printed)",
+        )
+    return {name: os.environ[name] for name in wanted}
+
+
+def planned(bundle: Bundle, env: str, store: StateStore) -> Plan:
+    """The plan for deploying ``bundle`` to ``env`` against what is deployed now."""
+    project = bundle.project
+    require_env(project, env)
+    deployed = store.deployed(env)
+    return make_plan(
+        env=env,
+        release=bundle.id,
+        version=bundle.version,
+        project=project,
+        digests=bundle.digests(env),
+        config=bundle.config(env),
+        deployed={
+            name: DeployedService(row.release_id, row.digest, row.config)
+            for name, row in deployed.items()
+        },
+        previous_release=store.current_release(env),
+    )
+
+
+def _new_instance_id(service: str, release: str, deployment_id: str) -> str:
+    return f"{service}-{release[:8]}-{deployment_id[-6:]}"
+
+
+def _now_id() -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"d-{stamp}-{secrets.token_hex(3)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving one deployment.
+
+
+class _Drive:
+    """One deployment in progress: the engine, the runtime, the journal."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        deployment_id: str,
+        bundle: Bundle,
+        plan: Plan,
+        runtime: Runtime,
+        data_dir: Path,
+        progress: Progress | None,
+        clock: Callable[[], float] = time.monotonic,
+        engine: Release | None = None,
+    ) -> None:
+        self.store = store
+        self.deployment_id = deployment_id
+        self.bundle = bundle
+        self.project = bundle.project
+        self.plan = plan
+        self.env = plan.env
+        self.runtime = runtime
+        self.data_dir = data_dir
+        self.progress = progress
+        self.clock = clock
+        self.engine = engine or Release(plan.engine_plan())
+        self.deployed: dict[str, DeployedRow] = store.deployed(plan.env)
+        self.config = bundle.config(plan.env)
+        self.masker = Masker()
+        self.ports: dict[str, int] = {}
+        self.instances: dict[str, str] = {}  # service -> new instance id
+        self.last_probe: dict[str, str] = {}
+        self.detected_at: float | None = None
+        self.finished: Finish | None = None
+        self._unhealthy: dict[str, int] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, service: str | None, message: str) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(kind, service, self.masker.mask(message), self.clock()))
+
+    def _binding(self, ref: Reference, secrets_: Mapping[str, str]) -> str:
+        if ref.kind == "secret":
+            return secrets_[ref.name]
+        if ref.kind == "service":
+            port = self.ports[ref.name]
+            return {"url": f"http://127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port)}[
+                ref.attribute
+            ]
+        if ref.kind == "env":
+            return self.env if ref.name == "name" else str(self.data_dir)
+        if ref.kind == "database":
+            database = self.project.environments[self.env].database
+            if database is not None and database.url:
+                return database.url
+            raise UsageError(
+                f"environment {self.env!r} uses an embedded database, which this version of "
+                "Airlock cannot start yet",
+                hint="give the environment `database: {url: postgresql://...}`",
+            )
+        raise UsageError(f"unknown reference {ref.text}")
+
+    async def bind(self, secrets_: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """Stable ports for every service, then every service's environment, resolved."""
+        self.masker.add(*secrets_.values())
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for name, service in self.project.services.items():
+            port = None if service.port == "auto" else service.port
+            self.ports[name] = await self.runtime.endpoint(name, port)
+        return {
+            service: {
+                key: substitute(value, lambda ref: self._binding(ref, secrets_))
+                for key, value in values.items()
+            }
+            for service, values in self.config.items()
+        }
+
+    def instance_id(self, service: str) -> str:
+        return self.instances.setdefault(
+            service, _new_instance_id(service, self.bundle.id, self.deployment_id)
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def feed(self, event: Event) -> None:
+        """Journal ``event``, let the engine decide, carry out its actions (and their events)."""
+        queue = [event]
+        while queue:
+            current = queue.pop(0)
+            self.store.journal(self.deployment_id, "event", event_to_dict(current))
+            phase_before = self.engine.phase
+            actions = self.engine.handle(current)
+            if (
+                phase_before is not ReleasePhase.ROLLING_BACK
+                and self.engine.phase in (ReleasePhase.ROLLING_BACK, ReleasePhase.ROLLED_BACK)
+                and self.detected_at is None
+            ):
+                self.detected_at = self.clock()
+                self._emit("failed", self.engine.failed_service, self._reason())
+            for action in actions:
+                queue.extend(await self.execute(action))
+
+    def _reason(self) -> str:
+        reason = self.engine.reason or "failed"
+        failed = self.engine.failed_service
+        if failed and failed in self.last_probe and "not ready" in reason:
+            reason += f" (last probe: {self.last_probe[failed]})"
+        return reason
+
+    async def execute(self, action: Action) -> list[Event]:
+        self.store.journal(
+            self.deployment_id, "action", {"action": type(action).__name__, **asdict(action)}
+        )
+        now = self.clock
+        if isinstance(action, StartNew):
+            return await self._start(action.service)
+        if isinstance(action, SwitchTraffic):
+            await self.runtime.switch(action.service, self.instance_id(action.service))
+            self._emit("switch", action.service, f"{action.service}: traffic → new version")
+            return []
+        if isinstance(action, RevertTraffic):
+            old = self.deployed.get(action.service)
+            if old is not None:
+                await self.runtime.switch(action.service, old.instance_id)
+            self._emit("revert", action.service, f"{action.service}: traffic → previous version")
+            return []
+        if isinstance(action, StopNew):
+            await self._stop(self.instance_id(action.service))
+            self._emit("stop-new", action.service, f"{action.service}: new version stopped")
+            return [Stopped(action.service, now())]
+        if isinstance(action, StopOld):
+            old = self.deployed.get(action.service)
+            if old is not None:
+                await self._stop(old.instance_id)
+            self._emit("stop-old", action.service, f"{action.service}: previous version stopped")
+            return []
+        if isinstance(action, Finish):
+            self.finished = action
+            return []
+        raise StateError(f"the runner does not know the action {action!r}")
+
+    async def _stop(self, instance_id: str) -> None:
+        try:
+            await self.runtime.stop(instance_id)
+        except RuntimeFailure as exc:
+            if "unknown instance" not in str(exc):
+                raise
+
+    async def _start(self, service: str) -> list[Event]:
+        model = self.project.services[service]
+        spec = InstanceSpec(
+            service=service,
+            instance_id=self.instance_id(service),
+            argv=resolve_argv(model.argv),
+            cwd=str(self.bundle.files_dir),
+            env=self.resolved[service],
+            secret_keys=tuple(sorted(secret_keys(self.config[service]))),
+        )
+        self._emit("start", service, f"{service}: starting {self.bundle.version}")
+        try:
+            status = await self.runtime.start(spec)
+        except AirlockError as exc:
+            return [Failed(service, self.masker.mask(f"{service}: {exc.message}"), self.clock())]
+        self._emit("started", service, f"{service}: pid {status.pid}, port {status.port}")
+        return [Started(service, self.clock())]
+
+    async def run(self, secrets_: Mapping[str, str]) -> Finish:
+        self.resolved = await self.bind(secrets_)
+        self._emit(
+            "plan", None, f"deploying {self.bundle.version} ({self.bundle.id}) to {self.env}"
+        )
+        try:
+            if self.engine.phase is ReleasePhase.PENDING:
+                await self.feed(Begin(self.clock()))
+            await self.watch()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self.abort("interrupted by user (Ctrl-C)")
+        assert self.finished is not None
+        return self.finished
+
+    async def abort(self, reason: str) -> None:
+        """Roll back whatever this deployment started."""
+        if self.finished is None:
+            await self.feed(Abort(reason, self.clock()))
+        await self.watch()
+
+    async def watch(self) -> None:
+        """Probe, poll and tick until the engine finishes."""
+        last_bake_poll = 0.0
+        while self.finished is None:
+            phase = self.engine.phase
+            if phase is ReleasePhase.STARTING:
+                await self._probe_starting()
+            elif (
+                phase is ReleasePhase.BAKING and self.clock() - last_bake_poll >= BAKE_POLL_SECONDS
+            ):
+                last_bake_poll = self.clock()
+                await self._watch_bake()
+            if self.finished is not None:
+                break
+            deadline = self.engine.next_deadline()
+            if deadline is not None and self.clock() >= deadline:
+                await self.feed(Tick(self.clock()))
+                continue
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _probe_starting(self) -> None:
+        starting = [
+            s.name
+            for s in self.plan.services
+            if s.action == "start"
+            and s.name in self.instances
+            and self.engine.service_phase(s.name) is ServicePhase.STARTING
+        ]
+
+        async def probe(service: str) -> tuple[str, Any]:
+            model = self.project.services[service]
+            path = model.ready or model.health
+            try:
+                return service, await self.runtime.probe(self.instances[service], path)
+            except AirlockError as exc:
+                return service, exc
+
+        for service, result in await asyncio.gather(*(probe(s) for s in starting)):
+            if self.finished is not None or self.engine.phase is not ReleasePhase.STARTING:
+                return
+            if self.engine.service_phase(service) is not ServicePhase.STARTING:
+                continue
+            if isinstance(result, AirlockError):
+                self.last_probe[service] = result.message
+                continue
+            self.last_probe[service] = result.detail
+            if result.exited:
+                await self.feed(
+                    Exited(service, None, self.clock())
+                    if not result.ok
+                    else Failed(service, f"{service}: restarted while starting", self.clock())
+                )
+            elif result.ok:
+                self._emit("ready", service, f"{service}: ready")
+                await self.feed(Ready(service, self.clock()))
+
+    async def _watch_bake(self) -> None:
+        statuses = {s.instance_id: s for s in await self.runtime.status()}
+        for service, instance in self.instances.items():
+            if self.engine.service_phase(service) is not ServicePhase.READY:
+                continue
+            status = statuses.get(instance)
+            if status is None or status.exits > 0 or not status.running:
+                code = status.last_exit_code if status else None
+                await self.feed(Exited(service, code, self.clock()))
+                return
+            model = self.project.services[service]
+            result = await self.runtime.probe(instance, model.health)
+            if result.ok:
+                self._unhealthy[service] = 0
+                continue
+            self._unhealthy[service] = self._unhealthy.get(service, 0) + 1
+            if self._unhealthy[service] >= 3:
+                await self.feed(
+                    Failed(
+                        service,
+                        f"{service}: health check failed during bake: {result.detail}",
+                        self.clock(),
+                    )
+                )
+                return
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def record_outcome(self) -> None:
+        """Write what serves now to the state store and close the deployment."""
+        assert self.finished is not None
+        if self.finished.outcome == "succeeded":
+            for service in self.plan.services:
+                if service.action == "start":
+                    self.store.set_deployed(
+                        self.env,
+                        service.name,
+                        release_id=self.bundle.id,
+                        digest=service.digest or "",
+                        instance_id=self.instance_id(service.name),
+                        config=self.config[service.name],
+                    )
+                elif service.action == "keep":
+                    row = self.deployed[service.name]
+                    self.store.set_deployed(
+                        self.env,
+                        service.name,
+                        release_id=self.bundle.id,
+                        digest=row.digest,
+                        instance_id=row.instance_id,
+                        config=row.config,
+                    )
+                else:
+                    self.store.remove_deployed(self.env, service.name)
+        reason = self._reason() if self.finished.outcome != "succeeded" else None
+        self.store.finish(
+            self.deployment_id,
+            self.finished.outcome,
+            reason=self.masker.mask(reason) if reason else None,
+            failed_service=self.finished.failed_service,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def _static_gate(project: Project) -> None:
+    findings = check_project(project)
+    if has_errors(findings):
+        lines = [f"  {f.code}: {f.message} ({f.location})" for f in findings]
+        raise GateFailed(
+            "the static check found errors; nothing was deployed:\n" + "\n".join(lines),
+            hint="run `airlock check` for details",
+        )
+
+
+async def deploy_async(
+    project_root: Path,
+    env: str,
+    release: str | None = None,
+    *,
+    kind: str = "deploy",
+    progress: Progress | None = None,
+    runtime: Runtime | None = None,
+) -> DeployResult:
+    """Deploy a sealed release to ``env``; roll it back automatically on any failure."""
+    started = time.monotonic()
+    bundle = load_bundle(project_root, release) if release else latest_release(project_root)
+    bundle.verify()
+    project = bundle.project
+    require_env(project, env)
+    _static_gate(project)
+    secrets_ = resolve_secrets(bundle.config(env), env)
+    with open_state(project_root) as store:
+        plan = planned(bundle, env, store)
+        deployment_id = _now_id()
+        store.begin(
+            deployment_id=deployment_id,
+            env=env,
+            kind=kind,
+            release_id=bundle.id,
+            version=bundle.version,
+            previous_release_id=plan.previous_release,
+            plan=plan.to_dict(),
+        )
+        drive = _Drive(
+            store=store,
+            deployment_id=deployment_id,
+            bundle=bundle,
+            plan=plan,
+            runtime=runtime or LocalRuntime(env_dir(project_root, env), env),
+            data_dir=env_dir(project_root, env) / "data",
+            progress=progress,
+        )
+        return await _finish_drive(drive, secrets_, kind, started)
+
+
+async def _finish_drive(
+    drive: _Drive, secrets_: Mapping[str, str], kind: str, started: float
+) -> DeployResult:
+    try:
+        finish = await drive.run(secrets_)
+    except BaseException as exc:
+        # The runtime failed under us (or a bug): try to roll back what we started, then close.
+        try:
+            if drive.finished is None:
+                await drive.abort(f"runner error: {exc}")
+        except BaseException:
+            pass
+        if drive.finished is not None:
+            drive.record_outcome()
+        else:
+            drive.store.finish(drive.deployment_id, "failed", reason=drive.masker.mask(str(exc)))
+        raise
+    del finish
+    return _result(drive, kind, started)
+
+
+async def resume_async(
+    project_root: Path, env: str, *, progress: Progress | None = None
+) -> DeployResult | None:
+    """Finish or roll back a deploy whose process was killed (see the module docstring)."""
+    started = time.monotonic()
+    with open_state(project_root) as store:
+        running = store.running(env)
+        if running is None:
+            return None
+        if running.holder_alive and running.pid != os.getpid():
+            raise UsageError(
+                f"deployment {running.id} to {env!r} is still running in {running.holder}",
+                hint="wait for it, or stop that process (Ctrl-C rolls it back)",
+            )
+        bundle = load_bundle(project_root, running.release_id)
+        bundle.verify()
+        store.take_over(running.id)
+        plan = planned(bundle, env, store)
+        events = [event_from_dict(record["body"]) for record in store.records(running.id, "event")]
+        # The plan was computed against the state before the deploy: deployed rows only change
+        # when a deploy finishes, so recomputing it gives the same plan.
+        engine = replay(plan.engine_plan(), events)
+        drive = _Drive(
+            store=store,
+            deployment_id=running.id,
+            bundle=bundle,
+            plan=plan,
+            runtime=LocalRuntime(env_dir(project_root, env), env),
+            data_dir=env_dir(project_root, env) / "data",
+            progress=progress,
+            engine=engine,
+        )
+        for service in plan.services:
+            if engine.service_phase(service.name) is not ServicePhase.WAITING:
+                drive.instance_id(service.name)
+        secrets_ = resolve_secrets(bundle.config(env), env)
+        drive.resolved = await drive.bind(secrets_)
+        if engine.phase is ReleasePhase.SUCCEEDED:
+            drive.finished = Finish("succeeded", None, None)
+        elif engine.phase is ReleasePhase.ROLLING_BACK:
+            for service in plan.services:
+                if engine.service_phase(service.name) is ServicePhase.STOPPING:
+                    old = drive.deployed.get(service.name)
+                    if old is not None:
+                        await drive.runtime.switch(service.name, old.instance_id)
+                    await drive._stop(drive.instance_id(service.name))
+                    await drive.feed(Stopped(service.name, drive.clock()))
+        elif engine.phase is ReleasePhase.ROLLED_BACK:
+            drive.finished = Finish("rolled_back", engine.reason, engine.failed_service)
+        else:
+            drive.detected_at = drive.clock()
+            await drive.feed(Abort("resumed after the deploying process stopped", drive.clock()))
+            await drive.watch()
+        if drive.finished is None:
+            await drive.watch()
+        return _result(drive, "resume", started)
+
+
+def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
+    """Record the outcome in the state store and summarise it."""
+    drive.record_outcome()
+    assert drive.finished is not None
+    result = DeployResult(
+        deployment_id=drive.deployment_id,
+        env=drive.env,
+        release=drive.bundle.id,
+        version=drive.bundle.version,
+        kind=kind,
+        outcome=drive.finished.outcome,
+        reason=drive._reason() if drive.finished.outcome != "succeeded" else None,
+        failed_service=drive.finished.failed_service,
+        duration_seconds=time.monotonic() - started,
+        detected_at=drive.detected_at,
+        finished_at=drive.clock(),
+        started=[s.name for s in drive.plan.services if s.action == "start"],
+        kept=[s.name for s in drive.plan.services if s.action == "keep"],
+        endpoints={name: f"http://127.0.0.1:{port}" for name, port in drive.ports.items()},
+    )
+    drive._emit("done", None, f"{kind} {result.outcome}")
+    return result
+
+
+def raise_if_failed(result: DeployResult) -> DeployResult:
+    if result.outcome != "succeeded":
+        raise ReleaseFailed(
+            f"{result.kind} of {result.version} ({result.release}) to {result.env} failed and "
+            f"was rolled back: {result.reason}",
+            hint=f"see `airlock logs {result.env} {result.failed_service}`"
+            if result.failed_service
+            else None,
+        )
+    return result

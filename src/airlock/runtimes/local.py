@@ -1,0 +1,489 @@
+"""The ``local`` runtime: service processes on this machine, supervised by an agent.
+
+Each environment directory gets one detached agent process
+(:mod:`airlock.runtimes.agent`) that owns the environment's service processes and the stable
+port of every service. :class:`LocalRuntime` is its client: every call opens a short TCP
+connection to the agent, so a release can span several CLI commands, each with its own
+``asyncio.run(...)``. The agent is started on demand by :meth:`LocalRuntime.endpoint` and
+:meth:`LocalRuntime.start`; the read-only calls never start one.
+
+Files in the environment directory:
+
+``agent.json``
+    pid, control port and token of the running agent (mode 0600).
+``agent.log``
+    the agent's own log (never any environment value).
+``ports.json``
+    the stable port of every service, kept across agent restarts.
+``instances.json``
+    the agent's processes, so that a new agent can kill those of a killed one.
+``logs/<service>.log``
+    the output of the service's instances, secret values masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+import airlock
+from airlock.errors import AirlockError, PortInUseError, RuntimeFailure
+from airlock.runtimes import InstanceSpec, InstanceStatus, ProbeResult
+from airlock.runtimes.agent import (
+    AGENT_FILE,
+    EXIT_ALREADY_RUNNING,
+    TERM_GRACE,
+    kill_recorded_instances,
+    read_json,
+    service_log_file,
+)
+
+__all__ = ["LocalRuntime", "agent_running", "log_path", "stop_environment"]
+
+#: Time a freshly started agent gets to answer.
+AGENT_START_TIMEOUT = 10.0
+#: Time a probe request gets.
+PROBE_TIMEOUT = 1.0
+#: Time ``stop_environment`` waits for the agent to stop everything and exit.
+SHUTDOWN_TIMEOUT = 3 * TERM_GRACE + 5.0
+_AGENT_LOG = "agent.log"
+_AGENT_MODULE = "airlock.runtimes.agent"
+_REPLY_LIMIT = 16 * 1024 * 1024
+
+# Agents this process started: polling them reaps them, so they never linger as zombies.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class _AgentInfo:
+    pid: int
+    port: int
+    token: str
+
+
+class _NoAnswer(Exception):
+    """The agent could not be reached or did not answer."""
+
+
+# -- module-level helpers ----------------------------------------------------------------------
+
+
+def log_path(env_dir: Path, service: str) -> Path:
+    """The file the output of ``service``'s instances goes to."""
+    return Path(env_dir) / service_log_file(service)
+
+
+def agent_running(env_dir: Path) -> bool:
+    """Whether an agent runs for ``env_dir`` and answers."""
+    info = _read_agent_info(Path(env_dir))
+    if info is None or not _pid_alive(info.pid):
+        return False
+    try:
+        _sync_call(info, {"op": "ping"}, timeout=2.0)
+    except _NoAnswer:
+        return False
+    return True
+
+
+def stop_environment(env_dir: Path) -> bool:
+    """Stop the agent of ``env_dir`` and every process it runs; wait until they are gone.
+
+    Returns whether an agent was running. Processes left behind by an agent that was killed
+    are stopped as well.
+    """
+    env_dir = Path(env_dir)
+    info = _read_agent_info(env_dir)
+    if info is None or not _pid_alive(info.pid):
+        kill_recorded_instances(env_dir)
+        return False
+    with contextlib.suppress(_NoAnswer):
+        _sync_call(info, {"op": "shutdown"}, timeout=SHUTDOWN_TIMEOUT)
+    if not _wait_gone(info.pid, SHUTDOWN_TIMEOUT):
+        # the agent does not answer or hangs: signal it, then clean up behind it
+        for sig, wait in ((signal.SIGTERM, SHUTDOWN_TIMEOUT), (signal.SIGKILL, 5.0)):
+            if not _is_agent(info.pid):
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(info.pid, sig)
+            if _wait_gone(info.pid, wait):
+                break
+        kill_recorded_instances(env_dir)
+        current = _read_agent_info(env_dir)
+        if current is not None and current.pid == info.pid:
+            with contextlib.suppress(OSError):
+                (env_dir / AGENT_FILE).unlink()
+    return True
+
+
+def _read_agent_info(env_dir: Path) -> _AgentInfo | None:
+    data = read_json(env_dir / AGENT_FILE)
+    if not isinstance(data, dict):
+        return None
+    pid, port, token = data.get("pid"), data.get("port"), data.get("token")
+    if not isinstance(pid, int) or not isinstance(port, int) or not isinstance(token, str):
+        return None
+    return _AgentInfo(pid, port, token)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _is_agent(pid: int) -> bool:
+    """Whether ``pid`` is alive and is an Airlock agent (not a program that reused the pid)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        return _AGENT_MODULE in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _encode(info: _AgentInfo, request: dict[str, Any]) -> bytes:
+    return json.dumps({**request, "token": info.token}).encode() + b"\n"
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    if not line:
+        raise _NoAnswer("the agent closed the connection without answering")
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise _NoAnswer("the agent sent an unreadable answer") from None
+    if not isinstance(reply, dict):
+        raise _NoAnswer("the agent sent an unreadable answer")
+    return reply
+
+
+def _sync_call(info: _AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    try:
+        with socket.create_connection(("127.0.0.1", info.port), timeout=timeout) as sock:
+            sock.sendall(_encode(info, request))
+            with sock.makefile("rb") as stream:
+                return _decode(stream.readline(_REPLY_LIMIT))
+    except OSError as exc:
+        raise _NoAnswer(exc.strerror or str(exc) or type(exc).__name__) from None
+
+
+async def _async_call(info: _AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", info.port, limit=_REPLY_LIMIT), 5.0
+        )
+    except (OSError, TimeoutError) as exc:
+        raise _NoAnswer(getattr(exc, "strerror", None) or "cannot connect") from None
+    try:
+        writer.write(_encode(info, request))
+        await writer.drain()
+        return _decode(await asyncio.wait_for(reader.readline(), timeout))
+    except TimeoutError:
+        raise _NoAnswer(f"no answer within {timeout:g} s") from None
+    except (OSError, ValueError) as exc:
+        raise _NoAnswer(getattr(exc, "strerror", None) or str(exc)) from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of the agent's log, without traceback frames."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.startswith((" ", "\t", "Traceback"))
+    ]
+    return "\n".join(kept[-lines:])
+
+
+# -- the runtime -------------------------------------------------------------------------------
+
+
+class LocalRuntime:
+    """Runs services as local processes through the environment's agent."""
+
+    def __init__(self, env_dir: Path, env: str, *, start_agent: bool = True) -> None:
+        self.env_dir = Path(env_dir)
+        self.env = env
+        self.start_agent = start_agent
+        self._info: _AgentInfo | None = None
+
+    # -- Runtime protocol ---------------------------------------------------------------------
+
+    async def endpoint(self, service: str, port: int | None) -> int:
+        """Bind the stable port of ``service`` (``port``, the remembered one, or a free one)."""
+        result = await self._request(
+            {"op": "endpoint", "service": service, "port": port}, timeout=15.0, start=True
+        )
+        return int(result["port"])
+
+    async def start(self, spec: InstanceSpec) -> InstanceStatus:
+        """Start an instance next to the serving one; it gets no traffic until :meth:`switch`."""
+        result = await self._request(
+            {"op": "start", "spec": asdict(spec)}, timeout=20.0, start=True
+        )
+        return _status(result)
+
+    async def probe(self, instance_id: str, path: str) -> ProbeResult:
+        """GET ``path`` on the instance's own port (1 s timeout); 2xx is healthy."""
+        path = path if path.startswith("/") else "/" + path
+        found = [s for s in await self.status() if s.instance_id == instance_id]
+        if not found:
+            return ProbeResult(
+                ok=False,
+                detail=f"instance {instance_id} is not running in environment {self.env!r}",
+                exited=True,
+            )
+        inst = found[0]
+        exited = not inst.running or inst.exits > 0
+        url = f"http://127.0.0.1:{inst.port}{path}"
+        try:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+                response = await client.get(url)
+        except httpx.ConnectError:
+            return ProbeResult(False, f"GET {path} → connection refused", exited)
+        except httpx.TimeoutException:
+            return ProbeResult(False, f"GET {path} → no answer within {PROBE_TIMEOUT:g} s", exited)
+        except httpx.HTTPError as exc:
+            return ProbeResult(False, f"GET {path} → {type(exc).__name__}", exited)
+        if 200 <= response.status_code < 300:
+            return ProbeResult(True, f"GET {path} → {response.status_code}", exited)
+        body = response.text[:200].strip()
+        detail = f"GET {path} → {response.status_code}" + (f": {body}" if body else "")
+        return ProbeResult(False, detail, exited)
+
+    async def switch(self, service: str, instance_id: str) -> None:
+        """Route the service's next requests to ``instance_id``."""
+        await self._request(
+            {"op": "switch", "service": service, "instance_id": instance_id}, timeout=10.0
+        )
+
+    async def stop(
+        self, instance_id: str, *, drain_seconds: float = 5.0, force: bool = False
+    ) -> None:
+        """Drain and stop one instance; one that serves traffic is refused unless ``force``."""
+        if not await self._connected():
+            return  # no agent, so nothing of this environment runs
+        await self._request(
+            {
+                "op": "stop",
+                "instance_id": instance_id,
+                "drain_seconds": drain_seconds,
+                "force": force,
+            },
+            timeout=drain_seconds + 3 * TERM_GRACE + 5.0,
+        )
+
+    async def status(self) -> list[InstanceStatus]:
+        """Every instance of the environment (none when no agent runs)."""
+        if not await self._connected():
+            return []
+        result = await self._request({"op": "status"}, timeout=10.0)
+        return [_status(item) for item in result["instances"]]
+
+    async def service_ports(self) -> dict[str, int]:
+        """The stable port of every service that has one bound now."""
+        if not await self._connected():
+            return {}
+        result = await self._request({"op": "status"}, timeout=10.0)
+        return {str(k): int(v) for k, v in result["services"].items()}
+
+    async def shutdown(self) -> None:
+        """Stop every instance and the agent; return once they are all gone."""
+        self._info = None
+        await asyncio.to_thread(stop_environment, self.env_dir)
+
+    # -- talking to the agent -----------------------------------------------------------------
+
+    async def _request(
+        self, request: dict[str, Any], *, timeout: float, start: bool = False
+    ) -> dict[str, Any]:
+        info = await self._agent(start=start)
+        try:
+            reply = await _async_call(info, request, timeout)
+        except _NoAnswer as exc:
+            self._info = None
+            raise RuntimeFailure(
+                f"the agent of environment {self.env!r} (pid {info.pid}) did not answer "
+                f"{request['op']!r}: {exc}",
+                hint=self._log_hint(),
+            ) from None
+        if not reply.get("ok"):
+            raise self._failure(request, reply.get("error"))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def _connected(self) -> bool:
+        """Whether an agent runs (connecting to it without starting one)."""
+        try:
+            await self._agent(start=False)
+        except RuntimeFailure:
+            return False
+        return True
+
+    async def _agent(self, *, start: bool) -> _AgentInfo:
+        if self._info is not None and _pid_alive(self._info.pid):
+            return self._info
+        self._info = None
+        info = await self._find_agent()
+        if info is None:
+            if not (start and self.start_agent):
+                raise RuntimeFailure(
+                    f"no agent runs for environment {self.env!r} ({self.env_dir})",
+                    hint="deploy the environment first; its agent starts with the first release",
+                )
+            info = await self._launch_agent()
+        self._info = info
+        return info
+
+    async def _find_agent(self) -> _AgentInfo | None:
+        info = _read_agent_info(self.env_dir)
+        if info is None or not _pid_alive(info.pid):
+            return None
+        try:
+            reply = await _async_call(info, {"op": "ping"}, timeout=2.0)
+        except _NoAnswer:
+            return None
+        return info if reply.get("ok") else None
+
+    async def _launch_agent(self) -> _AgentInfo:
+        self.env_dir.mkdir(parents=True, exist_ok=True)
+        stale = _read_agent_info(self.env_dir)
+        log_file = self.env_dir / _AGENT_LOG
+        env = dict(os.environ)
+        # make sure the agent imports this very copy of Airlock
+        package_root = str(Path(airlock.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+        )
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    _AGENT_MODULE,
+                    "--env-dir",
+                    str(self.env_dir.resolve()),
+                    "--env",
+                    self.env,
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                close_fds=True,
+                cwd=str(self.env_dir),
+                env=env,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot start the agent of environment {self.env!r}: "
+                f"{exc.strerror or type(exc).__name__}",
+                hint=f"check that {sys.executable} can run",
+            ) from None
+        finally:
+            os.close(fd)
+        _children[proc.pid] = proc
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            info = _read_agent_info(self.env_dir)
+            if info is not None and info != stale and _pid_alive(info.pid):
+                with contextlib.suppress(_NoAnswer):
+                    reply = await _async_call(info, {"op": "ping"}, timeout=2.0)
+                    if reply.get("ok"):
+                        return info
+            code = proc.poll()
+            if code is not None and code != EXIT_ALREADY_RUNNING:
+                raise RuntimeFailure(
+                    f"the agent of environment {self.env!r} exited at start (code {code})"
+                    + self._tail_text(),
+                    hint=f"see {log_file}",
+                )
+            await asyncio.sleep(0.02)
+        raise RuntimeFailure(
+            f"the agent of environment {self.env!r} did not answer within "
+            f"{AGENT_START_TIMEOUT:g} s" + self._tail_text(),
+            hint=f"see {log_file}; if an old agent hangs, stop it and retry",
+        )
+
+    def _tail_text(self) -> str:
+        tail = _log_tail(self.env_dir / _AGENT_LOG)
+        return f"; last lines of agent.log:\n{tail}" if tail else ""
+
+    def _log_hint(self) -> str:
+        return f"see {self.env_dir / _AGENT_LOG}"
+
+    def _failure(self, request: dict[str, Any], error: Any) -> AirlockError:
+        if not isinstance(error, dict):
+            error = {}
+        code = str(error.get("code", "unknown"))
+        message = str(error.get("message", "the agent reported an unknown error"))
+        service = error.get("service") or request.get("service") or "?"
+        if code == "port_in_use":
+            holder = error.get("holder") or "another program"
+            return PortInUseError(
+                f"port {error.get('port')} needed by service {service!r} in environment "
+                f"{self.env!r} is already in use by {holder}; stop that program or choose "
+                "another port in airlock.yaml"
+            )
+        hints = {
+            "spawn_failed": "check the service's command and working directory in airlock.yaml",
+            "bind_failed": "choose another port for the service in airlock.yaml",
+            "instance_serving": "switch the service to another instance before stopping this one",
+            "unknown_instance": "run `airlock status` to see the instances that run now",
+            "no_endpoint": "give the service its stable port (endpoint) before switching",
+        }
+        return RuntimeFailure(
+            f"local runtime, environment {self.env!r}: {message}",
+            hint=hints.get(code, self._log_hint()),
+        )
+
+
+def _status(data: dict[str, Any]) -> InstanceStatus:
+    return InstanceStatus(
+        instance_id=str(data["instance_id"]),
+        service=str(data["service"]),
+        pid=data.get("pid"),
+        port=int(data["port"]),
+        running=bool(data["running"]),
+        exits=int(data.get("exits", 0)),
+        last_exit_code=data.get("last_exit_code"),
+        serving=bool(data.get("serving", False)),
+    )

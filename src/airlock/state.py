@@ -1,0 +1,382 @@
+"""The state store: deployments, their event journal, what is deployed, and environment locks.
+
+SQLite in ``.airlock/state.db`` (WAL mode, so readers never wait for the deploy that writes).
+The runner journals every engine event here *before* the engine acts on it, so a deploy whose
+process was killed can be rebuilt from the journal and finished or rolled back.
+Nothing stored here holds a secret's value: config is kept as written, with references.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from airlock.errors import LockedError, StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous_release_id TEXT,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_seconds REAL,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    reason TEXT,
+    failed_service TEXT,
+    plan TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deployments_env ON deployments (env, started_at);
+CREATE TABLE IF NOT EXISTS journal (
+    deployment_id TEXT NOT NULL REFERENCES deployments (id),
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (deployment_id, seq)
+);
+CREATE TABLE IF NOT EXISTS services (
+    env TEXT NOT NULL,
+    service TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    config TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (env, service)
+);
+CREATE TABLE IF NOT EXISTS locks (
+    env TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    since TEXT NOT NULL
+);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def this_holder() -> str:
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    env: str
+    kind: str
+    release_id: str
+    version: str
+    previous_release_id: str | None
+    status: str
+    started_at: str
+    finished_at: str | None
+    duration_seconds: float | None
+    holder: str
+    pid: int
+    host: str
+    reason: str | None
+    failed_service: str | None
+    plan: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.pop("plan")
+        return data
+
+    @property
+    def holder_alive(self) -> bool:
+        return self.host == socket.gethostname() and psutil.pid_exists(self.pid)
+
+
+@dataclass(frozen=True)
+class DeployedRow:
+    service: str
+    release_id: str
+    digest: str
+    instance_id: str
+    config: dict[str, str]
+    updated_at: str
+
+
+class StateStore:
+    """A connection to one project's state database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot open the state store {path}: {exc}",
+                hint="check the file's permissions; if it is damaged, move it away "
+                "(Airlock then starts with an empty history)",
+            ) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- deployments and locks -----------------------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        deployment_id: str,
+        env: str,
+        kind: str,
+        release_id: str,
+        version: str,
+        previous_release_id: str | None,
+        plan: Mapping[str, Any],
+    ) -> Deployment:
+        """Take the environment's lock and record a running deployment, atomically.
+
+        Raises :class:`LockedError` naming the holder when another deployment holds it.
+        """
+        holder, host, since = this_holder(), socket.gethostname(), now_iso()
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM locks WHERE env = ?", (env,)).fetchone()
+            if row is not None:
+                raise LockedError(env, row["holder"], row["since"], row["deployment_id"])
+            db.execute(
+                "INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?)",
+                (env, deployment_id, holder, os.getpid(), host, since),
+            )
+            db.execute(
+                "INSERT INTO deployments (id, env, kind, release_id, version, "
+                "previous_release_id, status, started_at, holder, pid, host, plan) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    deployment_id,
+                    env,
+                    kind,
+                    release_id,
+                    version,
+                    previous_release_id,
+                    since,
+                    holder,
+                    os.getpid(),
+                    host,
+                    json.dumps(plan),
+                ),
+            )
+        return self.deployment(deployment_id)
+
+    def take_over(self, deployment_id: str) -> None:
+        """Make this process the holder of a running deployment's lock (for ``resume``)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE locks SET holder = ?, pid = ?, host = ? WHERE deployment_id = ?",
+                (this_holder(), os.getpid(), socket.gethostname(), deployment_id),
+            )
+            db.execute(
+                "UPDATE deployments SET holder = ?, pid = ?, host = ? WHERE id = ?",
+                (this_holder(), os.getpid(), socket.gethostname(), deployment_id),
+            )
+
+    def finish(
+        self,
+        deployment_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        failed_service: str | None = None,
+    ) -> None:
+        """Close a deployment and release its environment's lock."""
+        finished = datetime.now(UTC)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT env, started_at FROM deployments WHERE id = ?", (deployment_id,)
+            ).fetchone()
+            if row is None:
+                raise StateError(f"no deployment {deployment_id} in {self.path}")
+            duration = (finished - datetime.fromisoformat(row["started_at"])).total_seconds()
+            db.execute(
+                "UPDATE deployments SET status = ?, finished_at = ?, duration_seconds = ?, "
+                "reason = ?, failed_service = ? WHERE id = ?",
+                (
+                    status,
+                    finished.isoformat(timespec="milliseconds"),
+                    duration,
+                    reason,
+                    failed_service,
+                    deployment_id,
+                ),
+            )
+            db.execute("DELETE FROM locks WHERE deployment_id = ?", (deployment_id,))
+
+    def lock(self, env: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM locks WHERE env = ?", (env,)).fetchone()
+        return dict(row) if row else None
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        row = self._db.execute(
+            "SELECT * FROM deployments WHERE id = ?", (deployment_id,)
+        ).fetchone()
+        if row is None:
+            raise StateError(f"no deployment {deployment_id} in {self.path}")
+        return _deployment(row)
+
+    def deployments(self, env: str | None = None, limit: int = 50) -> list[Deployment]:
+        """Newest first."""
+        if env is None:
+            rows = self._db.execute(
+                "SELECT * FROM deployments ORDER BY started_at DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM deployments WHERE env = ? ORDER BY started_at DESC LIMIT ?",
+                (env, limit),
+            )
+        return [_deployment(row) for row in rows]
+
+    def running(self, env: str) -> Deployment | None:
+        row = self._db.execute(
+            "SELECT * FROM deployments WHERE env = ? AND status = 'running' "
+            "ORDER BY started_at DESC LIMIT 1",
+            (env,),
+        ).fetchone()
+        return _deployment(row) if row else None
+
+    # -- the journal ---------------------------------------------------------------------------
+
+    def journal(self, deployment_id: str, type_: str, body: Mapping[str, Any]) -> None:
+        """Append one record (an engine event, or an action taken) durably."""
+        with self._transaction() as db:
+            (seq,) = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE deployment_id = ?",
+                (deployment_id,),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO journal VALUES (?, ?, ?, ?, ?)",
+                (deployment_id, seq, now_iso(), type_, json.dumps(dict(body))),
+            )
+
+    def records(self, deployment_id: str, type_: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM journal WHERE deployment_id = ?"
+        params: tuple[str, ...] = (deployment_id,)
+        if type_ is not None:
+            query += " AND type = ?"
+            params += (type_,)
+        rows = self._db.execute(query + " ORDER BY seq", params)
+        return [
+            {"seq": r["seq"], "at": r["at"], "type": r["type"], "body": json.loads(r["body"])}
+            for r in rows
+        ]
+
+    # -- what is deployed ----------------------------------------------------------------------
+
+    def deployed(self, env: str) -> dict[str, DeployedRow]:
+        rows = self._db.execute("SELECT * FROM services WHERE env = ? ORDER BY service", (env,))
+        return {
+            r["service"]: DeployedRow(
+                r["service"],
+                r["release_id"],
+                r["digest"],
+                r["instance_id"],
+                json.loads(r["config"]),
+                r["updated_at"],
+            )
+            for r in rows
+        }
+
+    def set_deployed(
+        self,
+        env: str,
+        service: str,
+        *,
+        release_id: str,
+        digest: str,
+        instance_id: str,
+        config: Mapping[str, str],
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO services VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    env,
+                    service,
+                    release_id,
+                    digest,
+                    instance_id,
+                    json.dumps(dict(config)),
+                    now_iso(),
+                ),
+            )
+
+    def remove_deployed(self, env: str, service: str | None = None) -> None:
+        with self._transaction() as db:
+            if service is None:
+                db.execute("DELETE FROM services WHERE env = ?", (env,))
+            else:
+                db.execute("DELETE FROM services WHERE env = ? AND service = ?", (env, service))
+
+    def current_release(self, env: str) -> str | None:
+        """The release of the environment's last deployment that succeeded."""
+        row = self._db.execute(
+            "SELECT release_id FROM deployments WHERE env = ? AND status = 'succeeded' "
+            "ORDER BY started_at DESC LIMIT 1",
+            (env,),
+        ).fetchone()
+        return str(row["release_id"]) if row else None
+
+    def previous_good_release(self, env: str) -> str | None:
+        """The release that succeeded before the current one (the target of a rollback)."""
+        current = self.current_release(env)
+        rows = self._db.execute(
+            "SELECT release_id FROM deployments WHERE env = ? AND status = 'succeeded' "
+            "ORDER BY started_at DESC",
+            (env,),
+        )
+        for row in rows:
+            if row["release_id"] != current:
+                return str(row["release_id"])
+        return None
+
+
+def _deployment(row: sqlite3.Row) -> Deployment:
+    data = dict(row)
+    data["plan"] = json.loads(data["plan"])
+    return Deployment(**data)

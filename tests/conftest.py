@@ -1,0 +1,133 @@
+"""Shared fixtures: temporary projects built from real files, cleaned up with everything they
+started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from airlock.runtimes.local import stop_environment
+
+REPO = Path(__file__).resolve().parents[1]
+WEBAPP = Path(__file__).resolve().parent / "fixtures" / "webapp.py"
+PHOENIX = REPO / "examples" / "phoenix"
+
+
+class ProjectFactory:
+    """Writes ``airlock.yaml`` projects into a temporary folder and stops what they start."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.projects: list[Path] = []
+
+    def __call__(
+        self,
+        services: dict[str, dict[str, Any]],
+        *,
+        environments: dict[str, Any] | None = None,
+        gates: dict[str, Any] | None = None,
+        name: str = "shop",
+    ) -> Path:
+        project = self.root / name
+        (project / "app").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(WEBAPP, project / "app" / "webapp.py")
+        full: dict[str, Any] = {}
+        for service, spec in services.items():
+            full[service] = {"run": "python app/webapp.py", "source": ["app/webapp.py"], **spec}
+        document = {
+            "project": name,
+            "services": full,
+            "environments": environments or {"staging": {}, "production": {}},
+            "gates": gates or {"bake": "0.5s", "ready_timeout": "3s"},
+        }
+        self.write(project, document)
+        self.projects.append(project)
+        return project
+
+    @staticmethod
+    def write(project: Path, document: dict[str, Any]) -> None:
+        (project / "airlock.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+    @staticmethod
+    def read(project: Path) -> dict[str, Any]:
+        data = yaml.safe_load((project / "airlock.yaml").read_text())
+        assert isinstance(data, dict)
+        return data
+
+    def cleanup(self) -> None:
+        for project in self.projects:
+            envs = project / ".airlock" / "envs"
+            if envs.is_dir():
+                for env in envs.iterdir():
+                    stop_environment(env)
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Iterator[ProjectFactory]:
+    factory = ProjectFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def phoenix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the Phoenix example (v1), with its secret set; stopped afterwards."""
+    project = tmp_path / "phoenix"
+    shutil.copytree(PHOENIX, project, ignore=shutil.ignore_patterns("releases", "__pycache__"))
+    monkeypatch.setenv("PHOENIX_JWT_SECRET", "phoenix-test-secret-3f9a1c")
+    factory = ProjectFactory(tmp_path)
+    factory.projects.append(project)
+    try:
+        yield project
+    finally:
+        factory.cleanup()
+
+
+def apply_overlay(project: Path, version: str) -> None:
+    """Turn a Phoenix copy into ``version`` by copying that version's changed files over it."""
+    source = PHOENIX / "releases" / version
+    for path in source.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            target = project / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def airlock(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``airlock`` command line in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "airlock.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def processes_under(folder: Path) -> list[psutil.Process]:
+    """Live processes whose command line or working folder is inside ``folder``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            cwd = proc.info["cwd"] or ""
+        except (psutil.Error, TypeError):
+            continue
+        if proc.pid != os.getpid() and (str(folder) in cmdline or cwd.startswith(str(folder))):
+            found.append(proc)
+    return found

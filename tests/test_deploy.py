@@ -1,0 +1,285 @@
+"""Deploys against real processes: upgrade, automatic rollback, locks, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from airlock import api
+from airlock.runner import open_state
+
+from .conftest import ProjectFactory, airlock, processes_under
+
+SECRET = "s3cr3t-value-9f8e7d"
+
+
+def three_tier(make_project: ProjectFactory, **overrides: dict[str, Any]) -> Path:
+    """db ← api ← web, each a real HTTP process; api and web check their dependency."""
+    services: dict[str, dict[str, Any]] = {
+        "db": {"config": {"VERSION": "db-1"}},
+        "api": {
+            "depends_on": ["db"],
+            "config": {
+                "VERSION": "api-1",
+                "NEEDS": "${services.db.url}",
+                "SECRET": "${secret:SHOP_SECRET}",
+            },
+        },
+        "web": {
+            "depends_on": ["api"],
+            "config": {"VERSION": "web-1", "NEEDS": "${services.api.url}"},
+        },
+    }
+    for name, change in overrides.items():
+        services[name] = {**services[name], **change}
+    return make_project(services)
+
+
+def set_config(project: Path, factory: ProjectFactory, service: str, **values: str) -> None:
+    document = factory.read(project)
+    document["services"][service]["config"].update(values)
+    factory.write(project, document)
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_SECRET", SECRET)
+
+
+def test_deploy_upgrade_status_history(make_project: ProjectFactory) -> None:
+    """v1 deploys in order; v2 of one service replaces it while the rest are kept."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    first = api.deploy(project, "staging")
+    assert first.outcome == "succeeded"
+    assert first.started == ["db", "api", "web"]
+    assert get(first.endpoints["web"] + "/").json() == {"version": "web-1"}
+
+    set_config(project, make_project, "api", VERSION="api-2")
+    api.build(project, "v2")
+    second = api.deploy(project, "staging")
+    assert second.outcome == "succeeded"
+    assert second.started == ["api"] and sorted(second.kept) == ["db", "web"]
+    assert second.endpoints == first.endpoints
+    assert get(second.endpoints["api"] + "/").json() == {"version": "api-2"}
+
+    state = api.status(project, "staging")
+    assert state["version"] == "v2"
+    assert {s["service"]: s["running"] for s in state["services"]} == {
+        "api": True,
+        "db": True,
+        "web": True,
+    }
+    history = api.history(project, "staging")
+    assert [d.status for d in history] == ["succeeded", "succeeded"]
+    assert [d.version for d in history] == ["v2", "v1"]
+
+
+def test_a_service_that_exits_at_once_is_rolled_back(make_project: ProjectFactory) -> None:
+    """A new version that exits immediately fails the release; the old one keeps serving."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    good = api.deploy(project, "staging")
+    set_config(project, make_project, "api", VERSION="api-2", MODE="exit")
+    api.build(project, "v2")
+    result = airlock("deploy", "staging", cwd=project)
+    assert result.returncode == 1, result.stderr
+    assert "api" in result.stdout and "rolled back" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert get(good.endpoints["api"] + "/").json() == {"version": "api-1"}
+    assert api.status(project, "staging")["version"] == "v1"
+    [deployment] = [d for d in api.history(project, "staging") if d.version == "v2"]
+    assert deployment.status == "rolled_back" and deployment.failed_service == "api"
+
+
+def test_readiness_answering_500_times_out_and_names_the_probe(
+    make_project: ProjectFactory,
+) -> None:
+    """A readiness path answering 500 never gets traffic; the message shows the probe."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    good = api.deploy(project, "staging")
+    set_config(project, make_project, "db", VERSION="db-2", MODE="ready500")
+    api.build(project, "v2")
+    result = api.deploy(project, "staging")
+    assert result.outcome == "rolled_back"
+    assert result.failed_service == "db"
+    assert result.reason is not None and "500" in result.reason
+    assert get(good.endpoints["db"] + "/").json() == {"version": "db-1"}
+
+
+def test_a_port_in_use_is_a_clear_error(make_project: ProjectFactory) -> None:
+    """A fixed port held by another program stops the deploy before anything starts."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        project = three_tier(make_project, db={"port": port})
+        api.build(project, "v1")
+        result = airlock("deploy", "staging", cwd=project)
+        assert result.returncode == 2
+        assert str(port) in result.stderr and "in use" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        holder.close()
+
+
+def test_secrets_never_reach_output_state_or_logs(make_project: ProjectFactory) -> None:
+    """The secret reaches the service, but every file and output Airlock writes masks it."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    result = airlock("deploy", "staging", "--format", "json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    logs = airlock("logs", "staging", "api", cwd=project)
+    assert "loaded secret ****" in logs.stdout
+    for text in (result.stdout, result.stderr, logs.stdout):
+        assert SECRET not in text
+    for path in (project / ".airlock").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_second_deploy_is_refused_while_one_runs(make_project: ProjectFactory) -> None:
+    """While a deploy holds the lock, another is refused naming the holder and since when."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    with open_state(project) as store:
+        store.begin(
+            deployment_id="d-held",
+            env="staging",
+            kind="deploy",
+            release_id="x",
+            version="v0",
+            previous_release_id=None,
+            plan={},
+        )
+    result = airlock("deploy", "staging", cwd=project)
+    assert result.returncode == 2
+    assert "locked by" in result.stderr and f"pid {os.getpid()}" in result.stderr
+    assert "since" in result.stderr and "d-held" in result.stderr
+
+
+def _spawn_deploy(project: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "airlock.cli", "deploy", "staging"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def _wait_for_log(project: Path, service: str, text: str, timeout: float = 15) -> None:
+    path = project / ".airlock" / "envs" / "staging" / "logs" / f"{service}.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_resume_rolls_back_a_killed_deploy(make_project: ProjectFactory) -> None:
+    """A deploy killed with SIGKILL mid-way is rolled back by `airlock resume`."""
+    project = three_tier(make_project, web={"ready": "/never"})
+    api.build(project, "v1")
+    make_project.write(project, {**make_project.read(project)})
+    document = make_project.read(project)
+    document["services"]["web"]["ready"] = "/readyz"
+    make_project.write(project, document)
+    api.build(project, "v1-good")
+    good = api.deploy(project, "staging", "v1-good")
+    set_config(project, make_project, "api", VERSION="api-2")
+    document = make_project.read(project)
+    document["services"]["web"]["ready"] = "/never"  # web v2 waits forever: time to kill us
+    document["services"]["web"]["config"]["VERSION"] = "web-2"
+    document["gates"]["ready_timeout"] = "60s"
+    make_project.write(project, document)
+    api.build(project, "v2")
+    process = _spawn_deploy(project)
+    _wait_for_log(project, "web", "web-2 listening")
+    process.kill()
+    process.wait()
+    assert get(good.endpoints["api"] + "/").json() == {"version": "api-2"}  # switched, then killed
+    refused = airlock("deploy", "staging", cwd=project)
+    assert refused.returncode == 2 and "airlock resume staging" in refused.stderr
+
+    resumed = airlock("resume", "staging", "--format", "json", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["outcome"] == "rolled_back"
+    assert get(good.endpoints["api"] + "/").json() == {"version": "api-1"}
+    assert get(good.endpoints["web"] + "/").json() == {"version": "web-1"}
+    assert api.status(project, "staging")["lock"] is None
+    again = airlock("resume", "staging", cwd=project)
+    assert "nothing to resume" in again.stdout
+
+
+def test_ctrl_c_rolls_back(make_project: ProjectFactory) -> None:
+    """SIGINT during a deploy rolls it back, exits 1, and the old version serves."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    good = api.deploy(project, "staging")
+    set_config(project, make_project, "api", VERSION="api-2")
+    document = make_project.read(project)
+    document["services"]["web"]["ready"] = "/never"
+    document["services"]["web"]["config"]["VERSION"] = "web-2"
+    document["gates"]["ready_timeout"] = "60s"
+    make_project.write(project, document)
+    api.build(project, "v2")
+    process = _spawn_deploy(project)
+    _wait_for_log(project, "web", "web-2 listening")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert get(good.endpoints["api"] + "/").json() == {"version": "api-1"}
+    statuses = [d.status for d in api.history(project, "staging")]
+    assert statuses == ["rolled_back", "succeeded"]
+
+
+def test_rollback_command_returns_to_the_previous_release(make_project: ProjectFactory) -> None:
+    """`airlock rollback` deploys the previous good release again."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    first = api.deploy(project, "staging")
+    set_config(project, make_project, "web", VERSION="web-2")
+    api.build(project, "v2")
+    api.deploy(project, "staging")
+    assert get(first.endpoints["web"] + "/").json() == {"version": "web-2"}
+    result = airlock("rollback", "staging", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert get(first.endpoints["web"] + "/").json() == {"version": "web-1"}
+    assert api.status(project, "staging")["version"] == "v1"
+    assert api.history(project, "staging")[0].kind == "rollback"
+
+
+def test_env_stop_leaves_nothing_running(make_project: ProjectFactory) -> None:
+    """`airlock env stop` stops every service process and the agent."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    api.deploy(project, "staging")
+    assert processes_under(project)
+    result = airlock("env", "stop", "staging", cwd=project)
+    assert result.returncode == 0
+    deadline = time.monotonic() + 5
+    while processes_under(project) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_under(project) == []
+    assert api.status(project, "staging")["services"] == []
