@@ -119,6 +119,11 @@ def airlock(
     )
 
 
+def running_from(project: Path, release_id: str) -> list[psutil.Process]:
+    """Live service processes whose working folder is that release's sealed bundle."""
+    return processes_under(project / ".airlock" / "releases" / release_id)
+
+
 def processes_under(folder: Path) -> list[psutil.Process]:
     """Live processes whose command line or working folder is inside ``folder``."""
     found = []
@@ -128,6 +133,8 @@ def processes_under(folder: Path) -> list[psutil.Process]:
             cwd = proc.info["cwd"] or ""
         except (psutil.Error, TypeError):
             continue
-        if proc.pid != os.getpid() and (str(folder) in cmdline or cwd.startswith(str(folder))):
+        if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+            continue
+        if str(folder) in cmdline or cwd.startswith(str(folder)):
             found.append(proc)
     return found

@@ -23,6 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from airlock.checks import Severity
+from airlock.checks.static import check_project
 from airlock.errors import ReleaseError, TamperedReleaseError
 from airlock.model import PROJECT_FILE, Project, load_project
 from airlock.plan import render_config, service_digest
@@ -190,6 +192,13 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
 
     Building the same content twice gives the same id and reuses the existing bundle.
     """
+    findings = [f for f in check_project(project) if f.severity is Severity.ERROR]
+    if findings:
+        lines = [f"  {f.location}: {f.code}: {f.message}" for f in findings]
+        raise ReleaseError(
+            "the project has errors, so it cannot be sealed:\n" + "\n".join(lines),
+            hint="fix them (see `airlock check`) and build again",
+        )
     root = project.root
     sources = _sources(project)
     migrations = _migrations(project)

@@ -188,8 +188,8 @@ def run_demo(
                 live.add(step.env)
                 traffic.add(phoenix_requests(result.endpoints))
             say(
-                f"  {'[green]✓' if step.ok else '[red]✗'}[/] {step.outcome} in {step.seconds:.1f}s"
-                + (f": {step.reason}" if step.reason else "")
+                f"  {'[green]✓' if step.ok else '[red]✗'}[/] {step.outcome.replace('_', ' ')} "
+                f"in {step.seconds:.1f}s" + (f": {step.reason}" if step.reason else "")
             )
         time.sleep(0.5)
         steps[-1].served, steps[-1].failed = window.served, window.failed

@@ -71,6 +71,7 @@ from airlock.state import DeployedRow, StateStore
 
 POLL_SECONDS = 0.05
 BAKE_POLL_SECONDS = 0.2
+PROBE_DETAIL_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class _Drive:
         self.deployed: dict[str, DeployedRow] = store.deployed(plan.env)
         self.config = bundle.config(plan.env)
         self.masker = Masker()
+        self.resolved: dict[str, dict[str, str]] = {}
         self.ports: dict[str, int] = {}
         self.instances: dict[str, str] = {}  # service -> new instance id
         self.last_probe: dict[str, str] = {}
@@ -305,7 +307,10 @@ class _Drive:
         reason = self.engine.reason or "failed"
         failed = self.engine.failed_service
         if failed and failed in self.last_probe and "not ready" in reason:
-            reason += f" (last probe: {self.last_probe[failed]})"
+            detail = " ".join(self.last_probe[failed].split())
+            if len(detail) > PROBE_DETAIL_CHARS:
+                detail = detail[: PROBE_DETAIL_CHARS - 1] + "…"
+            reason += f" (last probe: {detail})"
         return reason
 
     async def execute(self, action: Action) -> list[Event]:

@@ -407,7 +407,9 @@ class Agent:
                     await self._send(writer, self._error_reply("bad_request", "not a JSON object"))
                     return
                 token = request.get("token")
-                if not isinstance(token, str) or not hmac.compare_digest(token, self.token):
+                if not isinstance(token, str) or not hmac.compare_digest(
+                    token.encode(), self.token.encode()
+                ):
                     await self._send(writer, self._error_reply("unauthorized", "bad token"))
                     return
                 if request.get("op") != "shutdown":

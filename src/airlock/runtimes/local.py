@@ -106,8 +106,11 @@ def stop_environment(env_dir: Path) -> bool:
     """
     env_dir = Path(env_dir)
     info = _read_agent_info(env_dir)
-    if info is None or not _pid_alive(info.pid):
-        kill_recorded_instances(env_dir)
+    if info is None or not _is_agent(info.pid):
+        kill_recorded_instances(env_dir)  # what a killed agent may have left behind
+        if info is not None:
+            with contextlib.suppress(OSError):
+                (env_dir / AGENT_FILE).unlink()
         return False
     with contextlib.suppress(_NoAnswer):
         _sync_call(info, {"op": "shutdown"}, timeout=SHUTDOWN_TIMEOUT)

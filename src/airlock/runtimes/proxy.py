@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -55,6 +57,8 @@ CONNECT_TIMEOUT = 5.0
 BACKEND_TIMEOUT = 300.0
 #: Idle keep-alive connections kept per backend port.
 POOL_SIZE = 8
+#: A pooled backend connection idle for longer is not reused (backends close idle ones).
+POOL_IDLE_TIMEOUT = 1.5
 
 _READ_CHUNK = 64 * 1024
 
@@ -97,6 +101,7 @@ class _Upstream:
     writer: asyncio.StreamWriter
     conn: Any = field(default_factory=lambda: h11.Connection(h11.CLIENT, MAX_HEAD_BYTES))
     reused: bool = False
+    idle_since: float = 0.0
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -135,6 +140,13 @@ def _end_to_end(headers: Headers, *, drop: frozenset[bytes] = frozenset()) -> He
     ]
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 def _json_answer(status: int, error: str, service: str, detail: str) -> _Answer:
     body = json.dumps({"error": error, "service": service, "detail": detail}).encode() + b"\n"
     headers: Headers = [
@@ -142,7 +154,7 @@ def _json_answer(status: int, error: str, service: str, detail: str) -> _Answer:
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    return _Answer(status, headers, body)
+    return _Answer(status, headers, body, _reason(status))
 
 
 async def _read_event(conn: Any, reader: asyncio.StreamReader) -> Any:
@@ -301,7 +313,8 @@ class ServiceProxy:
         client_ip = peer[0].encode() if isinstance(peer, tuple) and peer else b"127.0.0.1"
         while not self._closing:
             try:
-                event = await asyncio.wait_for(_read_event(conn, reader), CLIENT_IDLE_TIMEOUT)
+                async with asyncio.timeout(CLIENT_IDLE_TIMEOUT):
+                    event = await _read_event(conn, reader)
             except TimeoutError:
                 return
             except h11.RemoteProtocolError as exc:
@@ -331,9 +344,8 @@ class ServiceProxy:
             self._begin(backend)
         try:
             try:
-                body = await asyncio.wait_for(
-                    self._read_request_body(conn, reader, writer), CLIENT_REQUEST_TIMEOUT
-                )
+                async with asyncio.timeout(CLIENT_REQUEST_TIMEOUT):
+                    body = await self._read_request_body(conn, reader, writer)
             except _BodyTooLarge:
                 answer = self._error(413, "body_too_large", "the request body is too large")
                 await self._reply(conn, writer, method, answer)
@@ -344,7 +356,7 @@ class ServiceProxy:
                 answer = self._error(405, "method_not_allowed", "CONNECT is not supported")
             elif backend is None:
                 answer = self._error(
-                    503, "no_backend", f"no instance of service {self.service!r} is serving yet"
+                    503, "no_backend", f"no instance of service {self.service!r} is serving now"
                 )
             else:
                 answer = await self._forward(backend, request, body, client_ip)
@@ -360,7 +372,10 @@ class ServiceProxy:
         size = 0
         while True:
             if conn.they_are_waiting_for_100_continue:
-                writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                continue_ = h11.InformationalResponse(
+                    status_code=100, headers=[], reason=b"Continue"
+                )
+                writer.write(conn.send(continue_))
                 await writer.drain()
             event = await _read_event(conn, reader)
             if isinstance(event, h11.Data):
@@ -415,9 +430,8 @@ class ServiceProxy:
             method=request.method, target=request.target, headers=headers
         )
         try:
-            return await asyncio.wait_for(
-                self._exchange(port, upstream_request, body, request.method), BACKEND_TIMEOUT
-            )
+            async with asyncio.timeout(BACKEND_TIMEOUT):
+                return await self._exchange(port, upstream_request, body, request.method)
         except TimeoutError:
             return self._error(
                 504, "gateway_timeout", f"backend 127.0.0.1:{port} did not answer in time"
@@ -444,9 +458,14 @@ class ServiceProxy:
 
     def _checkout(self, port: int) -> _Upstream | None:
         pool = self._pool.get(port)
+        now = time.monotonic()
         while pool:
             upstream = pool.pop()
-            if upstream.reader.at_eof() or upstream.writer.is_closing():
+            if (
+                upstream.reader.at_eof()
+                or upstream.writer.is_closing()
+                or now - upstream.idle_since > POOL_IDLE_TIMEOUT
+            ):
                 upstream.close()
                 continue
             upstream.reused = True
@@ -465,6 +484,7 @@ class ServiceProxy:
             return
         conn.start_next_cycle()
         upstream.reused = False
+        upstream.idle_since = time.monotonic()
         pool = self._pool.setdefault(upstream.port, [])
         if len(pool) >= POOL_SIZE:
             upstream.close()
@@ -519,7 +539,9 @@ class ServiceProxy:
         except h11.RemoteProtocolError as exc:
             if upstream.reused and not received:
                 raise _StaleConnection(str(exc)) from None
-            if not received or response is not None:
+            if not received:
+                raise _BackendError("the backend closed the connection without answering") from None
+            if response is not None:
                 raise _BackendError("the backend closed the connection mid-response") from None
             raise _BackendError(f"invalid HTTP response ({exc})") from None
         except (ConnectionError, OSError) as exc:
