@@ -17,7 +17,7 @@ import pytest
 from airlock import api
 from airlock.runner import open_state
 
-from .conftest import ProjectFactory, airlock, processes_under
+from .conftest import ProjectFactory, airlock, processes_under, running_from
 
 SECRET = "s3cr3t-value-9f8e7d"
 
@@ -282,4 +282,32 @@ def test_env_stop_leaves_nothing_running(make_project: ProjectFactory) -> None:
     while processes_under(project) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_under(project) == []
+    assert api.status(project, "staging")["services"] == []
+
+
+def test_a_command_that_does_not_exist_fails_the_release(make_project: ProjectFactory) -> None:
+    """A run command naming no program rolls the release back with the command in the reason."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    good = api.deploy(project, "staging")
+    document = make_project.read(project)
+    document["services"]["web"]["run"] = "no-such-program --serve"
+    make_project.write(project, document)
+    api.build(project, "v2")
+    result = airlock("deploy", "staging", cwd=project)
+    assert result.returncode == 1
+    assert "no-such-program" in result.stdout and "Traceback" not in result.stderr
+    assert get(good.endpoints["web"] + "/").json() == {"version": "web-1"}
+
+
+def test_a_failed_first_deploy_leaves_nothing_running(make_project: ProjectFactory) -> None:
+    """When the very first release fails, even the services that were ready are stopped."""
+    project = three_tier(make_project)
+    document = make_project.read(project)
+    document["services"]["web"]["config"]["MODE"] = "exit"
+    make_project.write(project, document)
+    bundle, _ = api.build(project, "v1")
+    result = api.deploy(project, "staging")
+    assert result.outcome == "rolled_back" and result.failed_service == "web"
+    assert running_from(project, bundle.id) == []
     assert api.status(project, "staging")["services"] == []

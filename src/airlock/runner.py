@@ -57,7 +57,6 @@ from airlock.errors import (
     AirlockError,
     GateFailed,
     ReleaseFailed,
-    RuntimeFailure,
     SecretError,
     StateError,
     UsageError,
@@ -331,7 +330,8 @@ class _Drive:
             self._emit("revert", action.service, f"{action.service}: traffic → previous version")
             return []
         if isinstance(action, StopNew):
-            await self._stop(self.instance_id(action.service))
+            # A new service with no previous version still has the traffic: stop it anyway.
+            await self._stop(self.instance_id(action.service), force=True)
             self._emit("stop-new", action.service, f"{action.service}: new version stopped")
             return [Stopped(action.service, now())]
         if isinstance(action, StopOld):
@@ -345,12 +345,8 @@ class _Drive:
             return []
         raise StateError(f"the runner does not know the action {action!r}")
 
-    async def _stop(self, instance_id: str) -> None:
-        try:
-            await self.runtime.stop(instance_id)
-        except RuntimeFailure as exc:
-            if "unknown instance" not in str(exc):
-                raise
+    async def _stop(self, instance_id: str, *, force: bool = False) -> None:
+        await self.runtime.stop(instance_id, force=force)
 
     async def _start(self, service: str) -> list[Event]:
         model = self.project.services[service]
@@ -633,7 +629,7 @@ async def resume_async(
                     old = drive.deployed.get(service.name)
                     if old is not None:
                         await drive.runtime.switch(service.name, old.instance_id)
-                    await drive._stop(drive.instance_id(service.name))
+                    await drive._stop(drive.instance_id(service.name), force=True)
                     await drive.feed(Stopped(service.name, drive.clock()))
         elif engine.phase is ReleasePhase.ROLLED_BACK:
             drive.finished = Finish("rolled_back", engine.reason, engine.failed_service)

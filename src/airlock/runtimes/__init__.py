@@ -65,8 +65,8 @@ class Runtime(Protocol):
     async def switch(self, service: str, instance_id: str) -> None:
         """Route the service's new requests to ``instance_id``; in-flight ones finish."""
 
-    async def stop(self, instance_id: str) -> None:
-        """Drain and stop one instance."""
+    async def stop(self, instance_id: str, *, force: bool = False) -> None:
+        """Drain and stop one instance; ``force`` also stops one that serves traffic now."""
 
     async def status(self) -> list[InstanceStatus]:
         """Every instance the runtime knows of in this environment."""

@@ -287,7 +287,7 @@ class LocalRuntime:
             return ProbeResult(False, f"GET {path} → {type(exc).__name__}", exited)
         if 200 <= response.status_code < 300:
             return ProbeResult(True, f"GET {path} → {response.status_code}", exited)
-        body = response.text[:200].strip()
+        body = _explain(response.text)
         detail = f"GET {path} → {response.status_code}" + (f": {body}" if body else "")
         return ProbeResult(False, detail, exited)
 
@@ -490,3 +490,16 @@ def _status(data: dict[str, Any]) -> InstanceStatus:
         last_exit_code=data.get("last_exit_code"),
         serving=bool(data.get("serving", False)),
     )
+
+
+def _explain(body: str) -> str:
+    """The useful part of a failed probe's body: a JSON ``reason``/``error``, else its start."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("reason", "error", "message", "detail"):
+            if isinstance(data.get(key), str) and data[key].strip():
+                return str(data[key]).strip()[:200]
+    return " ".join(body.split())[:200]
