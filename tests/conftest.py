@@ -4,6 +4,7 @@ started."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
 import yaml
 
+from airlock.db.server import EmbeddedServer, ServerInfo
 from airlock.runtimes.local import stop_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,3 +141,30 @@ def processes_under(folder: Path) -> list[psutil.Process]:
         if str(folder) in cmdline or cwd.startswith(str(folder)):
             found.append(proc)
     return found
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """A real embedded PostgreSQL server for the test session (fsync off: throwaway data)."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "home", fast=True)
+    info = server.ensure_running()
+    try:
+        yield info
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: ServerInfo) -> Iterator[str]:
+    """A fresh, empty database on the session's server; dropped afterwards."""
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_server.url(name)
+    finally:
+        with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
