@@ -72,6 +72,8 @@ class ProjectFactory:
             if envs.is_dir():
                 for env in envs.iterdir():
                     stop_environment(env)
+                    if (env / "postgres").is_dir():
+                        EmbeddedServer(env / "postgres").destroy()
 
 
 @pytest.fixture
@@ -168,3 +170,30 @@ def pg_url(pg_server: ServerInfo) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server.url(), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def full_dump(url: str) -> str:
+    """pg_dump of a whole database (schema and data) as text, to compare before and after."""
+    from airlock.db.backup import pg_tool
+    from airlock.db.connect import password_of
+
+    password = password_of(url) or ""
+    result = subprocess.run(
+        [
+            str(pg_tool("pg_dump")),
+            "--no-owner",
+            "--restrict-key=airlocktest",
+            "-d",
+            url.replace(f":{password}@", "@", 1),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+        check=True,
+    )
+    return result.stdout
+
+
+def databases(server: ServerInfo) -> list[str]:
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]

@@ -21,6 +21,7 @@ def test_build_writes_a_manifest_with_every_file_hashed(phoenix: Path) -> None:
     files = bundle.manifest["files"]
     assert set(files) == {
         "airlock.yaml",
+        "db/migrations/V1__initial_schema.sql",
         "services/phoenix_common.py",
         *(
             f"services/{s}.py"
@@ -75,7 +76,7 @@ def test_verify_catches_an_edited_file_and_an_edited_manifest(phoenix: Path) -> 
     manifest_path = bundle.path / "manifest.json"
     manifest_path.chmod(0o644)
     manifest = json.loads(manifest_path.read_text())
-    manifest["config"]["staging"]["audit"]["DATA_DIR"] = "/elsewhere"
+    manifest["config"]["staging"]["audit"]["DATABASE_URL"] = "postgresql://elsewhere"
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(TamperedReleaseError):
         api.release(phoenix, bundle.id).verify()

@@ -33,10 +33,15 @@ def test_every_command_has_help_and_is_documented() -> None:
 
 
 def test_every_finding_code_is_documented() -> None:
-    """Each finding code is explained in docs/findings.md."""
+    """Each finding code is explained in docs/findings.md, each lint rule in migration-lint.md."""
+    from airlock.db.lint import RULES
+
     docs = (REPO / "docs" / "findings.md").read_text()
     for code in CODES:
         assert f"`{code}`" in docs, f"{code} is missing from docs/findings.md"
+    lint_docs = (REPO / "docs" / "migration-lint.md").read_text()
+    for code in RULES:
+        assert f"`{code}`" in lint_docs, f"{code} is missing from docs/migration-lint.md"
 
 
 def test_readme_quick_start_has_the_two_commands() -> None:

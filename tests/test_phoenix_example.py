@@ -1,4 +1,6 @@
-"""End-to-end tests of the Phoenix example system, run as real processes without Airlock."""
+"""End-to-end tests of the Phoenix example system: real processes (without Airlock) and a real
+PostgreSQL database, whose schema comes from the example's migrations applied by Airlock's
+migrator."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+
+from airlock.db.migrate import Migrator, Report
 
 PHOENIX = Path(__file__).resolve().parents[1] / "examples" / "phoenix"
 SECRET = "planted-secret-9c1e7b3f5a"
@@ -32,6 +38,7 @@ URL_ENV = {
     "payment": "PAYMENT_URL",
     "transaction": "TRANSACTION_URL",
 }
+TABLES = ["accounts", "audit_records", "notifications", "payments", "transactions"]
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -39,14 +46,29 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # ------------------------------------------------------------------------ helpers
 
 
-def make_release(tmp_path: Path, version: str) -> Path:
-    """Copy examples/phoenix to tmp_path and apply the overlay of ``version`` (v1 = base)."""
-    target = tmp_path / f"phoenix-{version}"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "data")
+def make_release(folder: Path, version: str) -> Path:
+    """Copy examples/phoenix into ``folder`` and apply the overlay of ``version`` (v1 = base)."""
+    target = folder / f"phoenix-{version}"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(PHOENIX, target, ignore=ignore)
     if version != "v1":
         shutil.copytree(PHOENIX / "releases" / version, target, ignore=ignore, dirs_exist_ok=True)
     return target
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """v1, v2 and v3, built once: services never write into their folder (but for Python's
+    bytecode cache, which then saves every later start from compiling again)."""
+    folder = tmp_path_factory.mktemp("releases")
+    return {version: make_release(folder, version) for version in ("v1", "v2", "v3")}
+
+
+def migrate(database_url: str, release: Path) -> Report:
+    """Apply the release's migrations with Airlock's migrator."""
+    report = Migrator(database_url, release / "db" / "migrations").migrate()
+    assert report.ok, report.to_dict()
+    return report
 
 
 def free_port() -> int:
@@ -77,6 +99,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     port: int
     log_dir: Path
+    started: float
 
     @property
     def url(self) -> str:
@@ -107,7 +130,7 @@ class Cluster:
         self,
         name: str,
         release: Path,
-        data_dir: Path,
+        database_url: str,
         *,
         urls: dict[str, str] | None = None,
         extra_env: dict[str, str] | None = None,
@@ -116,13 +139,13 @@ class Cluster:
         wait: bool = True,
     ) -> Proc:
         port = port or free_port()
-        env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "DATA_DIR": str(data_dir)}
+        env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "DATABASE_URL": database_url}
         if secret is not None:
             env["JWT_SECRET"] = secret
         for dependency, url in (urls or {}).items():
             env[URL_ENV[dependency]] = url
         env.update(extra_env or {})
-        log_dir = self.tmp_path / "logs" / f"{name}-{port}"
+        log_dir = self.tmp_path / "logs" / f"{len(self.procs)}-{name}-{port}"
         log_dir.mkdir(parents=True)
         with (log_dir / "stdout").open("wb") as out, (log_dir / "stderr").open("wb") as err:
             popen = subprocess.Popen(
@@ -132,7 +155,7 @@ class Cluster:
                 stdout=out,
                 stderr=err,
             )
-        proc = Proc(name, popen, port, log_dir)
+        proc = Proc(name, popen, port, log_dir, time.monotonic())
         self.procs.append(proc)
         if wait:
             wait_for(proc, "/healthz")
@@ -171,6 +194,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         running.close()
 
 
+@pytest.fixture
+def v1_db(pg_url: str, releases: dict[str, Path]) -> tuple[Path, str]:
+    """The v1 release and a database migrated to its schema."""
+    release = releases["v1"]
+    migrate(pg_url, release)
+    return release, pg_url
+
+
 LAYERS = {  # dependency order: each layer only needs the layers before it
     ("account", "audit"): (),
     ("payment", "transaction"): ("account", "audit"),
@@ -178,13 +209,13 @@ LAYERS = {  # dependency order: each layer only needs the layers before it
 }
 
 
-def start_system(cluster: Cluster, release: Path, data_dir: Path) -> dict[str, Proc]:
+def start_system(cluster: Cluster, release: Path, database_url: str) -> dict[str, Proc]:
     """Start the five services layer by layer, each layer once the previous one is ready."""
     procs: dict[str, Proc] = {}
     for layer, needs in LAYERS.items():
         urls = {dep: procs[dep].url for dep in needs}
         for name in layer:
-            procs[name] = cluster.start(name, release, data_dir, urls=urls, wait=False)
+            procs[name] = cluster.start(name, release, database_url, urls=urls, wait=False)
         for name in layer:
             wait_for(procs[name], "/readyz")
     return procs
@@ -219,14 +250,47 @@ def receipt_for(payment: dict[str, Any], secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), canonical, hashlib.sha256).hexdigest()
 
 
+def columns(database_url: str, table: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
 # -------------------------------------------------------------------------- tests
 
 
+def test_v1_migration_creates_the_schema_and_seeds_the_accounts(pg_url: str) -> None:
+    """V1 creates every table with a primary key and timestamptz times, and 100 accounts."""
+    report = migrate(pg_url, PHOENIX)
+    assert [step.script for step in report.steps] == ["V1__initial_schema.sql"]
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute(
+            "SELECT c.relname, EXISTS (SELECT FROM pg_constraint k"
+            "  WHERE k.conrelid = c.oid AND k.contype = 'p')"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT LIKE 'airlock_%'"
+            " ORDER BY c.relname"
+        ).fetchall()
+        assert tables == [(name, True) for name in TABLES]
+        types = conn.execute(
+            "SELECT DISTINCT data_type FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_name LIKE '%_at'"
+            " AND table_name NOT LIKE 'airlock_%'"
+        ).fetchall()
+        assert types == [("timestamp with time zone",)]
+        seeded = conn.execute("SELECT count(*), min(id), max(id), sum(balance) FROM accounts")
+        assert seeded.fetchone() == (100, 1, 100, 100 * 1_000_000)
+
+
 def test_full_system_in_dependency_order_serves_business_requests(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, v1_db: tuple[Path, str]
 ) -> None:
     """Started in dependency order, the five services get ready and serve cross-service calls."""
-    procs = start_system(cluster, make_release(tmp_path, "v1"), tmp_path / "data")
+    procs = start_system(cluster, *v1_db)
     for name, proc in procs.items():
         assert call(proc.url + "/healthz") == (
             200,
@@ -256,6 +320,8 @@ def test_full_system_in_dependency_order_serves_business_requests(
     status, note = call(notify, "POST", {"account": 3, "message": "money arrived"})
     assert (status, note["payments"], note["transactions"]) == (201, 0, 1)
     assert call(notify + "/count") == (200, {"count": 2})
+    status, notes = call(notify + "?account=3")
+    assert [n["message"] for n in notes] == ["money arrived"]
 
     assert call(audit + "/records/count") == (200, {"count": 2})
     status, records = call(audit + "/records?kind=payment")
@@ -264,6 +330,9 @@ def test_full_system_in_dependency_order_serves_business_requests(
     status, listed = call(procs["payment"].url + "/payments?account=1")
     assert status == 200
     assert [p["payment_id"] for p in listed] == [payment["payment_id"]]
+    # what is read back from PostgreSQL is what was signed when the payment was made
+    assert listed[0]["created_at"] == payment["created_at"]
+    assert listed[0]["receipt"] == receipt_for(payment)
 
     status, text = call(procs["payment"].url + "/metrics")
     assert status == 200
@@ -283,14 +352,16 @@ def test_full_system_in_dependency_order_serves_business_requests(
         assert "ts" in record
         if "event" not in record:
             assert {"method", "path", "status", "ms"} <= record.keys()
+    for proc in procs.values():
+        assert "Traceback" not in proc.output()
 
 
-def test_bad_input_gets_clean_json_errors(cluster: Cluster, tmp_path: Path) -> None:
+def test_bad_input_gets_clean_json_errors(cluster: Cluster, v1_db: tuple[Path, str]) -> None:
     """Malformed requests get a JSON 4xx with a reason, never a traceback."""
-    release = make_release(tmp_path, "v1")
-    account = cluster.start("account", release, tmp_path / "data")
+    release, database_url = v1_db
+    account = cluster.start("account", release, database_url)
     # payment validates its input before it needs any dependency
-    payment = cluster.start("payment", release, tmp_path / "data")
+    payment = cluster.start("payment", release, database_url)
     debit = account.url + "/accounts/1/debit"
     cases = [
         (call(debit, "POST", raw=b"{not json"), 400),
@@ -301,6 +372,8 @@ def test_bad_input_gets_clean_json_errors(cluster: Cluster, tmp_path: Path) -> N
         (call(debit, "POST", {"amount": True}), 400),
         (call(debit, "POST"), 400),
         (call(account.url + "/accounts/101"), 404),
+        (call(account.url + "/accounts/101/debit", "POST", {"amount": 1}), 404),
+        (call(account.url + "/accounts/101/credit", "POST", {"amount": 1}), 404),
         (call(account.url + "/nowhere"), 404),
         (call(account.url + "/accounts/1", "DELETE"), 405),
         (call(payment.url + "/payments", "POST", {"account": 1}), 400),
@@ -316,17 +389,38 @@ def test_bad_input_gets_clean_json_errors(cluster: Cluster, tmp_path: Path) -> N
     assert "Traceback" not in account.output() + payment.output()
 
 
+def test_not_ready_until_the_migrations_are_applied(
+    cluster: Cluster, pg_url: str, releases: dict[str, Path]
+) -> None:
+    """On an empty database account is alive but not ready, naming the missing table; once the
+    migrations run it becomes ready without a restart."""
+    release = releases["v1"]
+    account = cluster.start("account", release, pg_url)
+
+    status, body = call(account.url + "/readyz")
+    assert status == 503
+    assert body["ready"] is False
+    assert body["reason"] == "table accounts does not exist (migrations not applied?)"
+    status, body = call(account.url + "/accounts/1")
+    assert status == 503
+    assert body["error"] == "database schema not ready (migrations not applied?)"
+    assert columns(pg_url, "accounts") == []  # the service did not create its table
+
+    migrate(pg_url, release)
+    assert wait_for(account, "/readyz")["ready"] is True
+    assert call(account.url + "/accounts/1") == (200, {"id": 1, "balance": 1_000_000})
+
+
 def test_payment_before_account_is_not_ready_and_fails_requests(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, v1_db: tuple[Path, str]
 ) -> None:
     """Payment started while account is down reports 503 naming account and fails payments."""
-    release = make_release(tmp_path, "v1")
-    data = tmp_path / "data"
+    release, database_url = v1_db
     account_port = free_port()
     account_url = f"http://127.0.0.1:{account_port}"
-    audit = cluster.start("audit", release, data)
+    audit = cluster.start("audit", release, database_url)
     payment = cluster.start(
-        "payment", release, data, urls={"account": account_url, "audit": audit.url}
+        "payment", release, database_url, urls={"account": account_url, "audit": audit.url}
     )
 
     status, body = call(payment.url + "/readyz")
@@ -340,40 +434,60 @@ def test_payment_before_account_is_not_ready_and_fails_requests(
     assert body["dependency"] == "account"
 
     # once account comes up, the readiness gate opens and payments go through
-    cluster.start("account", release, data, port=account_port)
+    cluster.start("account", release, database_url, port=account_port)
     assert wait_for(payment, "/readyz")["ready"] is True
     status, body = call(payment.url + "/payments", "POST", {"account": 1, "amount": 100})
     assert status == 201, body
     assert call(audit.url + "/records/count") == (200, {"count": 1})
 
 
-def test_jwt_secret_is_required_and_never_printed(cluster: Cluster, tmp_path: Path) -> None:
-    """Account and payment exit 2 without JWT_SECRET, and never print its value when set."""
-    release = make_release(tmp_path, "v1")
-    data = tmp_path / "data"
-    for name in ("account", "payment"):
-        result = subprocess.run(
+def test_secrets_are_required_and_never_printed(cluster: Cluster, v1_db: tuple[Path, str]) -> None:
+    """Services exit 2 without JWT_SECRET or DATABASE_URL, and never print the secret or the
+    database password, not even in errors about the database."""
+    release, database_url = v1_db
+    password = urllib.parse.urlsplit(database_url).password
+    assert password  # the embedded server has a real password: plant it
+    base_env = {"PATH": os.environ.get("PATH", "")}
+    refusals = [
+        ("account", {"DATABASE_URL": database_url}, "JWT_SECRET"),
+        ("payment", {"DATABASE_URL": database_url}, "JWT_SECRET"),
+        ("audit", {}, "DATABASE_URL"),
+        ("audit", {"DATABASE_URL": database_url.replace("postgresql", "mysql", 1)}, "DATABASE_URL"),
+    ]
+    refused = [
+        subprocess.Popen(
             [sys.executable, f"services/{name}.py"],
             cwd=release,
-            env={
-                "PATH": os.environ.get("PATH", ""),
-                "PORT": str(free_port()),
-                "DATA_DIR": str(data),
-            },
-            capture_output=True,
+            env={**base_env, "PORT": str(free_port()), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=10,
         )
-        assert result.returncode == 2
-        assert "JWT_SECRET" in result.stderr
-        assert result.stdout == ""
+        for name, env, _ in refusals
+    ]
+    for (name, _, missing), popen in zip(refusals, refused, strict=True):
+        stdout, stderr = popen.communicate(timeout=10)
+        assert popen.returncode == 2, (name, missing, stderr)
+        assert missing in stderr
+        assert stdout == ""
+        assert password not in stderr
+        assert SECRET not in stderr
 
-    account = cluster.start("account", release, data, wait=False)
-    audit = cluster.start("audit", release, data, wait=False)
+    account = cluster.start("account", release, database_url, wait=False)
+    audit = cluster.start("audit", release, database_url, wait=False)
     payment = cluster.start(
-        "payment", release, data, urls={"account": account.url, "audit": audit.url}, wait=False
+        "payment",
+        release,
+        database_url,
+        urls={"account": account.url, "audit": audit.url},
+        wait=False,
+    )
+    # the same password, but a database that does not exist: errors that mention the URL
+    wrong = cluster.start(
+        "account", release, database_url.rsplit("/", 1)[0] + "/no_such_db", wait=False
     )
     wait_for(payment, "/readyz")
+    wait_for(wrong, "/healthz")
     answers = [
         call(payment.url + "/payments", "POST", {"account": 4, "amount": 700}),
         call(payment.url + "/payments", "POST", {"account": 4, "amount": 10**9}),
@@ -383,19 +497,27 @@ def test_jwt_secret_is_required_and_never_printed(cluster: Cluster, tmp_path: Pa
         call(payment.url + "/metrics"),
         call(account.url + "/accounts/4/statement"),
         call(account.url + "/metrics"),
+        call(wrong.url + "/readyz"),
+        call(wrong.url + "/accounts/4"),
     ]
-    assert [status for status, _ in answers] == [201, 402, 404, 400, 200, 200, 200, 200]
-    for proc in (payment, audit, account):
+    statuses = [status for status, _ in answers]
+    assert statuses == [201, 402, 404, 400, 200, 200, 200, 200, 503, 503]
+    assert answers[-2][1]["reason"].startswith("database unavailable: ")
+    assert "no_such_db" in answers[-2][1]["reason"]
+    for proc in (payment, audit, account, wrong):
         assert proc.terminate()[0] == 0
+    assert "Traceback" in wrong.output()  # the failed request printed its error...
     for _, body in answers:
         assert SECRET not in json.dumps(body)
-    for proc in (account, audit, payment):
+        assert password not in json.dumps(body)
+    for proc in (account, audit, payment, wrong):
         assert SECRET not in proc.output()
+        assert password not in proc.output()  # ...without the password
 
 
-def test_concurrent_debits_never_overdraw(cluster: Cluster, tmp_path: Path) -> None:
+def test_concurrent_debits_never_overdraw(cluster: Cluster, v1_db: tuple[Path, str]) -> None:
     """Concurrent debits larger in total than the balance never drive it below zero."""
-    account = cluster.start("account", make_release(tmp_path, "v1"), tmp_path / "data")
+    account = cluster.start("account", *v1_db)
     debit = account.url + "/accounts/7/debit"
 
     def attempt(_: int) -> int:
@@ -407,11 +529,27 @@ def test_concurrent_debits_never_overdraw(cluster: Cluster, tmp_path: Path) -> N
     assert statuses.count(200) == 33  # 33 * 30_000 <= 1_000_000 < 34 * 30_000
     assert statuses.count(409) == 7
     assert call(account.url + "/accounts/7") == (200, {"id": 7, "balance": 10_000})
+    with psycopg.connect(v1_db[1]) as conn:
+        row = conn.execute("SELECT balance FROM accounts WHERE id = 7").fetchone()
+    assert row == (10_000,)
 
 
-def test_sigterm_stops_promptly_with_exit_code_zero(cluster: Cluster, tmp_path: Path) -> None:
-    """SIGTERM under load lets in-flight requests finish and exits 0 in under a second."""
-    account = cluster.start("account", make_release(tmp_path, "v1"), tmp_path / "data")
+def test_starts_quickly_and_stops_promptly_on_sigterm(
+    cluster: Cluster, v1_db: tuple[Path, str]
+) -> None:
+    """A service is alive and ready soon after it starts (the database is reached only when
+    /readyz or a request needs it); SIGTERM under load lets in-flight requests finish and
+    exits 0 in under a second."""
+    account = cluster.start("account", *v1_db, wait=False)
+    wait_for(account, "/healthz")
+    healthy = time.monotonic() - account.started
+    wait_for(account, "/readyz")
+    ready = time.monotonic() - account.started
+    assert healthy < 3.0  # about 0.3 s on an idle machine, most of it importing psycopg
+    assert ready - healthy < 1.0
+    started = next(r for r in account.stdout_records() if r.get("event") == "started")
+    assert started["startup_ms"] < 100  # from Service() to listening; imports come before
+
     results: list[int] = []
     stop = threading.Event()
 
@@ -435,25 +573,58 @@ def test_sigterm_stops_promptly_with_exit_code_zero(cluster: Cluster, tmp_path: 
     assert account.stdout_records()[-1]["event"] == "stopped"
 
 
-def test_v2_runs_side_by_side_with_v1_on_the_same_data(cluster: Cluster, tmp_path: Path) -> None:
-    """v2 payment and transaction work against v1 services and share the v1 database files."""
-    v1 = make_release(tmp_path, "v1")
-    v2 = make_release(tmp_path, "v2")
-    data = tmp_path / "data"
-    account = cluster.start("account", v1, data, wait=False)
-    audit = cluster.start("audit", v1, data, wait=False)
+def test_data_survives_a_restart(cluster: Cluster, v1_db: tuple[Path, str]) -> None:
+    """Balances live in PostgreSQL, so a restarted service still has them; a pooled
+    connection the server dropped is replaced without failing the request."""
+    release, database_url = v1_db
+    account = cluster.start("account", release, database_url)
+    assert call(account.url + "/accounts/9/debit", "POST", {"amount": 1234})[0] == 200
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'phoenix-account/%'"
+        ).fetchall()
+    assert killed == [(True,)]  # the one idle connection in account's pool
+    assert call(account.url + "/accounts/9/debit", "POST", {"amount": 1}) == (
+        200,
+        {"id": 9, "balance": 1_000_000 - 1235},
+    )
+    assert account.terminate()[0] == 0
+    assert "Traceback" not in account.output()
+
+    account = cluster.start("account", release, database_url, port=account.port)
+    wait_for(account, "/readyz")
+    assert call(account.url + "/accounts/9") == (200, {"id": 9, "balance": 1_000_000 - 1235})
+
+
+def test_v2_runs_side_by_side_with_v1_on_the_v2_schema(
+    cluster: Cluster, pg_url: str, releases: dict[str, Path]
+) -> None:
+    """V2 migrates under running v1 services, which keep working; v2 gets ready only once its
+    columns exist; both versions share the data; U2 undoes the migration for v1 alone."""
+    v1, v2 = releases["v1"], releases["v2"]
+    migrate(pg_url, v1)
+    account = cluster.start("account", v1, pg_url, wait=False)
+    audit = cluster.start("audit", v1, pg_url, wait=False)
     deps = {"account": account.url, "audit": audit.url}
-    pay1 = cluster.start("payment", v1, data, urls=deps, wait=False)
-    tx1 = cluster.start("transaction", v1, data, urls=deps, wait=False)
+    pay1 = cluster.start("payment", v1, pg_url, urls=deps, wait=False)
+    tx1 = cluster.start("transaction", v1, pg_url, urls=deps, wait=False)
+    pay2 = cluster.start("payment", v2, pg_url, urls=deps, wait=False)
     for proc in (account, audit, pay1, tx1):
         wait_for(proc, "/readyz")
 
     status, old = call(pay1.url + "/payments", "POST", {"account": 5, "amount": 100})
     assert status == 201
     assert "fee" not in old
+    # v2 code on the v1 schema: alive, but not ready
+    body = wait_for(pay2, "/readyz", status=503)
+    assert body["reason"] == "column payments.fee does not exist (migrations not applied?)"
 
-    pay2 = cluster.start("payment", v2, data, urls=deps, wait=False)
-    tx2 = cluster.start("transaction", v2, data, urls=deps, wait=False)
+    report = migrate(pg_url, v2)  # expand, under the running v1 services
+    assert [step.script for step in report.steps] == ["V2__payment_fee_and_currency.sql"]
+    assert columns(pg_url, "payments")[-1] == "fee"
+    assert columns(pg_url, "transactions")[-1] == "currency"
+    tx2 = cluster.start("transaction", v2, pg_url, urls=deps, wait=False)
     assert wait_for(pay2, "/readyz")["version"] == "2.0.0"
     assert wait_for(tx2, "/readyz")["version"] == "2.0.0"
     status, new = call(pay2.url + "/payments", "POST", {"account": 5, "amount": 200})
@@ -461,7 +632,7 @@ def test_v2_runs_side_by_side_with_v1_on_the_same_data(cluster: Cluster, tmp_pat
     assert new["fee"] == 0
     assert new["balance"] == 1_000_000 - 300
     assert new["receipt"] == receipt_for(new)
-    # v1 keeps working after v2 migrated the shared table
+    # v1 keeps working on the v2 schema: it names its columns, the defaults fill the rest
     status, again = call(pay1.url + "/payments", "POST", {"account": 5, "amount": 300})
     assert status == 201, again
 
@@ -482,16 +653,32 @@ def test_v2_runs_side_by_side_with_v1_on_the_same_data(cluster: Cluster, tmp_pat
     assert call(account.url + "/accounts/5") == (200, {"id": 5, "balance": 1_000_000 - 630})
     assert call(audit.url + "/records/count") == (200, {"count": 5})
 
+    # roll back: stop v2, undo V2; v1 goes on with the data it knows
+    for proc in (pay2, tx2):
+        assert proc.terminate()[0] == 0
+    undone = Migrator(pg_url, v2 / "db" / "migrations").undo()
+    assert [step.script for step in undone.steps] == ["U2__payment_fee_and_currency.sql"]
+    assert "fee" not in columns(pg_url, "payments")
+    status, body = call(pay1.url + "/payments", "POST", {"account": 5, "amount": 1})
+    assert status == 201, body
+    assert [p["amount"] for p in call(pay1.url + "/payments?account=5")[1]] == [1, 300, 200, 100]
 
-def test_v3_payment_never_becomes_ready(cluster: Cluster, tmp_path: Path) -> None:
+
+def test_v3_payment_never_becomes_ready(
+    cluster: Cluster, pg_url: str, releases: dict[str, Path]
+) -> None:
     """v3 payment is alive but its readiness stays 503 naming the missing FRAUD_URL."""
-    v3 = make_release(tmp_path, "v3")
-    data = tmp_path / "data"
-    account = cluster.start("account", v3, data, wait=False)
-    audit = cluster.start("audit", v3, data, wait=False)
+    v3 = releases["v3"]
+    report = migrate(pg_url, v3)
+    assert [step.script for step in report.steps] == [
+        "V1__initial_schema.sql",
+        "V2__payment_fee_and_currency.sql",
+    ]
+    account = cluster.start("account", v3, pg_url, wait=False)
+    audit = cluster.start("audit", v3, pg_url, wait=False)
     deps = {"account": account.url, "audit": audit.url}
-    payment = cluster.start("payment", v3, data, urls=deps, wait=False)
-    transaction = cluster.start("transaction", v3, data, urls=deps, wait=False)
+    payment = cluster.start("payment", v3, pg_url, urls=deps, wait=False)
+    transaction = cluster.start("transaction", v3, pg_url, urls=deps, wait=False)
     wait_for(payment, "/healthz")
 
     assert wait_for(transaction, "/readyz")["version"] == "3.0.0"
@@ -514,13 +701,22 @@ def test_v3_payment_never_becomes_ready(cluster: Cluster, tmp_path: Path) -> Non
 
 
 def test_overlays_change_only_what_the_release_notes_say() -> None:
-    """Each overlay bumps VERSION in an otherwise unchanged phoenix_common, plus service files."""
+    """Each overlay bumps VERSION in an otherwise unchanged phoenix_common, plus service files
+    and the V2 migration, which v3 carries unchanged (overlays are complete relative to v1)."""
     base = (PHOENIX / "services" / "phoenix_common.py").read_text()
     assert 'VERSION = "1.0.0"' in base
+    base_migrations = sorted(p.name for p in (PHOENIX / "db" / "migrations").iterdir())
+    assert base_migrations == ["V1__initial_schema.sql"]
     for version in ("v2", "v3"):
         overlay = PHOENIX / "releases" / version
-        files = sorted(p.relative_to(overlay).as_posix() for p in overlay.rglob("*.py"))
+        files = sorted(
+            p.relative_to(overlay).as_posix()
+            for p in overlay.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
         assert files == [
+            "db/migrations/U2__payment_fee_and_currency.sql",
+            "db/migrations/V2__payment_fee_and_currency.sql",
             "services/payment.py",
             "services/phoenix_common.py",
             "services/transaction.py",
@@ -528,6 +724,18 @@ def test_overlays_change_only_what_the_release_notes_say() -> None:
         common = (overlay / "services" / "phoenix_common.py").read_text()
         number = version[1:]
         assert common == base.replace('VERSION = "1.0.0"', f'VERSION = "{number}.0.0"')
-    v2_transaction = PHOENIX / "releases" / "v2" / "services" / "transaction.py"
-    v3_transaction = PHOENIX / "releases" / "v3" / "services" / "transaction.py"
-    assert v2_transaction.read_text() == v3_transaction.read_text()
+    v2, v3 = PHOENIX / "releases" / "v2", PHOENIX / "releases" / "v3"
+    for same in (
+        "services/transaction.py",
+        "db/migrations/V2__payment_fee_and_currency.sql",
+        "db/migrations/U2__payment_fee_and_currency.sql",
+    ):
+        assert (v2 / same).read_text() == (v3 / same).read_text(), same
+
+
+def test_services_never_touch_the_schema() -> None:
+    """The schema belongs to the migrations: no service creates or alters a table."""
+    ddl = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|INDEX)\b", re.IGNORECASE)
+    for path in PHOENIX.rglob("*.py"):
+        assert not ddl.search(path.read_text()), path
+        assert "DATA_DIR" not in path.read_text(), path

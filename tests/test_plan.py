@@ -87,8 +87,8 @@ def test_a_config_change_starts_only_that_service_and_lists_keys(phoenix: Path) 
         (phoenix / "airlock.yaml")
         .read_text()
         .replace(
-            "      DATA_DIR: ${env.data_dir}\n\n  payment:",
-            "      DATA_DIR: ${env.data_dir}\n      RETENTION_DAYS: 30\n\n  payment:",
+            "      DATABASE_URL: ${database.url}\n\n  payment:",
+            "      DATABASE_URL: ${database.url}\n      RETENTION_DAYS: 30\n\n  payment:",
         )
     )
     (phoenix / "airlock.yaml").write_text(text)

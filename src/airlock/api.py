@@ -13,6 +13,7 @@ from typing import Any
 from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
 from airlock.checks import Finding
 from airlock.checks.static import check_project
+from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.model import Project, load_project
 from airlock.plan import Plan
@@ -182,6 +183,7 @@ def stop_env(project: PathLike, env: str) -> bool:
                 hint="let it finish or interrupt it first",
             )
         was_running = stop_environment(env_dir(loaded.root, env))
+        was_running = embedded_server(loaded.root, env).stop() or was_running
         store.remove_deployed(env)
         if running is not None:
             store.finish(running.id, "aborted", reason="the environment was stopped")

@@ -432,10 +432,335 @@ def demo(
         raise typer.Exit(1)
 
 
+# -- database ----------------------------------------------------------------------------------
+
+db_app = typer.Typer(
+    help="PostgreSQL migrations, drift, lint, rehearsal, backups (an environment or a URL).",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+EnvArgument = typer.Argument(None, help="Environment (or use --database-url).")
+UrlOption = typer.Option(
+    None,
+    "--database-url",
+    help="postgresql:// URL, instead of an environment.",
+    envvar="AIRLOCK_DATABASE_URL",
+)
+MigrationsOption = typer.Option(None, "--migrations", help="Migrations folder (V/U/R files).")
+KeyEnvOption = typer.Option(
+    None, "--key-env", help="Environment variable holding the backup key (base64, hex or text)."
+)
+
+
+def _target(
+    env: str | None,
+    database_url: str | None,
+    migrations: Path | None,
+    project: Path | None,
+    **overrides: object,
+) -> Any:
+    from airlock.db import api as db
+
+    return db.target(
+        _project(project), env, database_url=database_url, migrations=migrations, **overrides
+    )
+
+
+def _steps_table(report: dict[str, Any]) -> None:
+    if not report["steps"]:
+        console.print("  nothing to do: the database is up to date")
+        return
+    table = Table("migration", "result", "seconds", "locks")
+    for step in report["steps"]:
+        colour = "green" if step["outcome"] in {"applied", "planned"} else "red"
+        table.add_row(
+            step["script"],
+            f"[{colour}]{step['outcome']}[/]",
+            f"{step['seconds']:.3f}",
+            ", ".join(step["locks"]) or "-",
+        )
+    console.print(table)
+
+
+@db_app.command("status")
+def db_status(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Applied and pending migrations, and whether the files still match the history."""
+    from airlock.db import api as db
+
+    data = db.status(_target(env, database_url, migrations, project))
+    if format is Format.json:
+        _json(data)
+        return
+    console.print(f"[bold]{data['database']}[/]")
+    for item in data["applied"]:
+        console.print(
+            f"  [green]✓[/] {item['script']} ({item['applied_at']}, {item['duration_ms']} ms)"
+        )
+    for item in data["pending"]:
+        console.print(f"  [yellow]…[/] {item['script']} (pending)")
+    for finding in data["findings"]:
+        console.print(f"  [red]✗ {finding['code']}[/] {escape(finding['message'])}")
+    if data["findings"]:
+        raise typer.Exit(1)
+
+
+@db_app.command("validate")
+def db_validate(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Refuse edited, missing and out-of-order migrations (exit 1 on a finding)."""
+    from airlock.db import api as db
+
+    findings = db.validate(_target(env, database_url, migrations, project))
+    if format is Format.json:
+        _json({"findings": [f.to_dict() for f in findings]})
+    else:
+        _render_findings(findings)
+    if findings:
+        raise typer.Exit(1)
+
+
+@db_app.command("migrate")
+def db_migrate(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; change nothing."),
+    allow_out_of_order: bool = typer.Option(
+        False, "--allow-out-of-order", help="Apply pending versions below the latest applied."
+    ),
+    lock_wait: float | None = typer.Option(
+        None, "--lock-wait", help="Seconds to wait for another migrator."
+    ),
+    lock_timeout: float | None = typer.Option(
+        None, "--lock-timeout", help="Seconds a statement may wait for a table lock."
+    ),
+    statement_timeout: float | None = typer.Option(
+        None, "--statement-timeout", help="Seconds a statement may run (0: no limit)."
+    ),
+    no_snapshot: bool = typer.Option(False, "--no-snapshot", help="Skip the snapshot."),
+    no_lint: bool = typer.Option(False, "--no-lint", help="Apply despite lint errors."),
+    key_env: str | None = KeyEnvOption,
+    format: Format = FormatOption,
+) -> None:
+    """Validate, check drift, lint, snapshot, then apply pending migrations under a lock."""
+    from airlock.db import api as db
+
+    target = _target(
+        env,
+        database_url,
+        migrations,
+        project,
+        lock_wait=lock_wait,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        allow_out_of_order=allow_out_of_order or None,
+    )
+    quiet = format is Format.json
+    outcome = db.migrate(
+        target,
+        dry_run=dry_run,
+        snapshot=not no_snapshot,
+        key_env=key_env,
+        check_lint=not no_lint,
+        progress=None if quiet else lambda t: errors.print(f"  {t}"),
+    )
+    data = outcome.to_dict()
+    if quiet:
+        _json(data)
+        return
+    console.print(f"[bold]{data['database']}[/]")
+    _steps_table(data)
+    if outcome.snapshot:
+        console.print(f"  snapshot: {outcome.snapshot['path']}")
+    for finding in outcome.lint:
+        console.print(f"  [yellow]{finding.code}[/] {finding.location}: {escape(finding.message)}")
+
+
+@db_app.command("drift")
+def db_drift(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    accept: bool = typer.Option(False, "--accept", help="Take the live schema as the baseline."),
+    reason: str = typer.Option("", "--reason", help="Why the drift is accepted (recorded)."),
+    format: Format = FormatOption,
+) -> None:
+    """Compare the live schema with the one recorded after the last migrate (exit 1 on drift)."""
+    from airlock.db import api as db
+
+    target = _target(env, database_url, migrations, project)
+    if accept:
+        digest = db.accept_drift(target, reason)
+        if format is Format.json:
+            _json({"accepted": True, "fingerprint": digest})
+        else:
+            console.print(f"[green]✓[/] the live schema is the new baseline ({digest[:12]})")
+        return
+    found = db.drift(target)
+    data = {
+        "recorded": found is not None,
+        "drift": bool(found and not found.empty),
+        "added": found.added if found else [],
+        "removed": found.removed if found else [],
+        "changed": found.changed if found else [],
+    }
+    if format is Format.json:
+        _json(data)
+    elif found is None:
+        console.print("no schema recorded yet: the first migrate records one")
+    elif found.empty:
+        console.print("[green]✓[/] no drift: the schema is as Airlock left it")
+    else:
+        console.print("[red]✗ migration.drift[/]: the schema was changed outside Airlock")
+        for line in found.lines():
+            console.print(f"  {escape(line)}")
+    if data["drift"]:
+        raise typer.Exit(1)
+
+
+@db_app.command("lint")
+def db_lint(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    every: bool = typer.Option(False, "--all", help="Lint every file, not only pending ones."),
+    format: Format = FormatOption,
+) -> None:
+    """Flag migrations that lock or rewrite tables, with the safe alternative (exit 1 on error)."""
+    from airlock.db import api as db
+
+    if env is None and database_url is None:
+        folder = migrations
+        if folder is None:
+            loaded = api.project_at(_project(project))
+            if loaded.database is None or loaded.database.migrations is None:
+                raise typer.BadParameter("pass --migrations DIR")
+            folder = loaded.root / loaded.database.migrations
+        findings = db.lint(None, folder, every=True)
+    else:
+        findings = db.lint(_target(env, database_url, migrations, project), every=every)
+    if format is Format.json:
+        _json({"findings": [f.to_dict() for f in findings]})
+    else:
+        _render_findings(findings)
+    if has_errors(findings):
+        raise typer.Exit(1)
+
+
+@db_app.command("rehearse")
+def db_rehearse(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    method: str = typer.Option("auto", "--method", help="auto, template or dump."),
+    format: Format = FormatOption,
+) -> None:
+    """Apply pending migrations to a clone of the database: time, result and locks of each."""
+    from airlock.db import api as db
+
+    if method not in {"auto", "template", "dump"}:
+        raise typer.BadParameter("--method is auto, template or dump")
+    result = db.rehearse(_target(env, database_url, migrations, project), method=method)  # type: ignore[arg-type]
+    data = result.to_dict()
+    if format is Format.json:
+        _json(data)
+    else:
+        console.print(
+            f"[bold]rehearsal on a clone of {data['database']}[/] "
+            f"({data['clone_method']} copy, {data['clone_seconds']:.2f}s)"
+        )
+        _steps_table(data)
+        if result.error:
+            console.print(f"[red]✗[/] {escape(result.error)}")
+        console.print("  the clone was dropped")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@db_app.command("undo")
+def db_undo(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    steps: int = typer.Option(1, "--steps", help="How many versions to undo."),
+    to: str | None = typer.Option(None, "--to", help="Undo every version above this one."),
+    format: Format = FormatOption,
+) -> None:
+    """Run U files for the latest applied versions, newest first."""
+    from airlock.db import api as db
+
+    report = db.undo(_target(env, database_url, migrations, project), steps=steps, to=to)
+    if format is Format.json:
+        _json(report.to_dict())
+    else:
+        _steps_table(report.to_dict())
+
+
+@db_app.command("backup")
+def db_backup(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    project: Path | None = ProjectOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the backup."),
+    key_env: str | None = KeyEnvOption,
+    format: Format = FormatOption,
+) -> None:
+    """Encrypted, streamed backup, restored into a scratch database and verified."""
+    from airlock.db import api as db
+
+    data = db.backup(_target(env, database_url, None, project), output, key_env=key_env)
+    if format is Format.json:
+        _json(data)
+    else:
+        console.print(f"[green]✓[/] backup written and verified: {output}")
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Path = typer.Argument(..., help="The backup file."),
+    env: str | None = typer.Option(None, "--env", help="Environment to restore into."),
+    database_url: str | None = UrlOption,
+    project: Path | None = ProjectOption,
+    force: bool = typer.Option(False, "--force", help="Replace a database that holds data."),
+    key_env: str | None = KeyEnvOption,
+    format: Format = FormatOption,
+) -> None:
+    """Verify a backup, then restore it; a database with data needs --force."""
+    from airlock.db import api as db
+
+    data = db.restore(
+        _target(env, database_url, None, project), backup, key_env=key_env, force=force
+    )
+    if format is Format.json:
+        _json(data)
+    else:
+        console.print(f"[green]✓[/] restored {backup} and verified it")
+
+
 @app.command("codes")
 def codes() -> None:
     """List every finding code with what it means."""
-    for code, meaning in sorted(CODES.items()):
+    from airlock.db.lint import RULES
+
+    every = {**CODES, **{code: rule.summary for code, rule in RULES.items()}}
+    for code, meaning in sorted(every.items()):
         console.print(f"[bold]{code}[/]  {meaning}")
 
 

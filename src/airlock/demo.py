@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from airlock import api
+from airlock.db.target import embedded_server
 from airlock.runner import DeployResult, ProgressEvent
 from airlock.traffic import TrafficGenerator, phoenix_requests
 
@@ -197,7 +198,14 @@ def run_demo(
         traffic.stop()
         for env in ("production", "staging"):
             api.stop_env(project, env)
-        summary.left_running = _left_running(root)
+        summary.left_running = _left_running(root) + [
+            info.pid
+            for env in ("production", "staging")
+            if (info := embedded_server(project, env).running()) is not None
+        ]
+        if not keep:  # the workspace goes, so its databases go too
+            for env in ("production", "staging"):
+                embedded_server(project, env).destroy()
         summary.total_seconds = time.monotonic() - began
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

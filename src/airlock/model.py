@@ -134,6 +134,16 @@ class DatabaseModel(BaseModel):
     model_config = _strict()
 
     migrations: str | None = Field(default=None, description="Folder of V/U/R migration files.")
+    lock_timeout: Duration = Field(
+        default=5.0, description="How long a migration statement may wait for a table lock."
+    )
+    statement_timeout: Duration = Field(
+        default=0.0, description="Longest a migration statement may run (0: no limit)."
+    )
+    lock_wait: Duration = Field(
+        default=30.0, description="How long a second migrator waits for the migration lock."
+    )
+    retries: int = Field(default=3, ge=0, description="Retries of a migration on lock timeout.")
 
 
 class EnvironmentDatabaseModel(BaseModel):
@@ -141,8 +151,20 @@ class EnvironmentDatabaseModel(BaseModel):
 
     model_config = _strict()
 
-    embedded: bool = False
-    url: str | None = None
+    embedded: bool = Field(
+        default=False, description="Run an embedded PostgreSQL server for this environment."
+    )
+    url: str | None = Field(
+        default=None, description="postgresql:// URL; may use ${secret:NAME} for the password."
+    )
+    name: str | None = Field(
+        default=None, description="Database name on the embedded server (default: project)."
+    )
+    backup_key: str | None = Field(
+        default=None,
+        description="Key for encrypted snapshots and backups, as ${secret:NAME}; without it a "
+        "key is generated in .airlock/envs/ENV/backup.key.",
+    )
 
 
 class EnvironmentModel(BaseModel):

@@ -106,9 +106,12 @@ def render_config(project: Project, env: str) -> dict[str, dict[str, str]]:
 
 
 def secret_keys(config: Mapping[str, str]) -> set[str]:
-    """Keys whose value holds a ``${secret:…}`` reference."""
+    """Keys whose value holds a secret: a ``${secret:…}`` or ``${database.url}`` reference
+    (a database URL carries its password)."""
     return {
-        key for key, value in config.items() if any(r.kind == "secret" for r in references(value))
+        key
+        for key, value in config.items()
+        if any(r.kind in {"secret", "database"} for r in references(value))
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from airlock.bundle import Bundle, latest_release, load_bundle, state_dir
 from airlock.checks import has_errors
 from airlock.checks.static import check_project
+from airlock.db.target import environment_database_url
 from airlock.engine import (
     Abort,
     Action,
@@ -210,6 +211,7 @@ class _Drive:
         runtime: Runtime,
         data_dir: Path,
         progress: Progress | None,
+        project_root: Path,
         clock: Callable[[], float] = time.monotonic,
         engine: Release | None = None,
     ) -> None:
@@ -227,7 +229,9 @@ class _Drive:
         self.deployed: dict[str, DeployedRow] = store.deployed(plan.env)
         self.config = bundle.config(plan.env)
         self.masker = Masker()
+        self.project_root = project_root
         self.resolved: dict[str, dict[str, str]] = {}
+        self.database_url: str | None = None
         self.ports: dict[str, int] = {}
         self.instances: dict[str, str] = {}  # service -> new instance id
         self.last_probe: dict[str, str] = {}
@@ -252,14 +256,13 @@ class _Drive:
         if ref.kind == "env":
             return self.env if ref.name == "name" else str(self.data_dir)
         if ref.kind == "database":
-            database = self.project.environments[self.env].database
-            if database is not None and database.url:
-                return database.url
-            raise UsageError(
-                f"environment {self.env!r} uses an embedded database, which this version of "
-                "Airlock cannot start yet",
-                hint="give the environment `database: {url: postgresql://...}`",
-            )
+            if self.database_url is None:
+                url, secret_values = environment_database_url(
+                    self.project, self.env, state_root=self.project_root
+                )
+                self.masker.add(*secret_values)
+                self.database_url = url
+            return self.database_url
         raise UsageError(f"unknown reference {ref.text}")
 
     async def bind(self, secrets_: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -512,6 +515,45 @@ class _Drive:
 # Public entry points.
 
 
+def _migrate_first(drive: _Drive, project_root: Path) -> None:
+    """The release's first step: validate → drift → lint → snapshot → migrate, journaled.
+
+    Migrations must stay compatible with the version that runs now (expand/contract, which the
+    linter enforces), so a release that fails later rolls its services back and leaves the schema
+    as migrated: no write made since is thrown away.
+    """
+    project = drive.project
+    database = project.environments[drive.env].database
+    if project.database is None or not project.database.migrations or database is None:
+        return
+    from airlock.db import api as db
+    from airlock.db.target import resolve
+
+    target = resolve(
+        project=project,
+        env=drive.env,
+        database_url=None,
+        # The sealed migrations, not the working tree's.
+        migrations=drive.bundle.files_dir / project.database.migrations,
+        state_root=project_root,
+    )
+    drive.masker.add(*target.masker.values)
+    drive._emit("migrate", None, f"migrating {target.display}")
+    outcome = db.migrate(
+        target,
+        release_id=drive.bundle.id,
+        progress=lambda text: drive._emit("migrate", None, text),
+    )
+    summary = outcome.to_dict()
+    drive.store.journal(drive.deployment_id, "migration", summary)
+    applied = [s["script"] for s in summary["steps"] if s["outcome"] == "applied"]
+    drive._emit(
+        "migrate",
+        None,
+        f"migrations applied: {', '.join(applied)}" if applied else "schema already up to date",
+    )
+
+
 def _static_gate(project: Project) -> None:
     findings = check_project(project)
     if has_errors(findings):
@@ -559,7 +601,14 @@ async def deploy_async(
             runtime=runtime or LocalRuntime(env_dir(project_root, env), env),
             data_dir=env_dir(project_root, env) / "data",
             progress=progress,
+            project_root=project_root,
         )
+        try:
+            await asyncio.to_thread(_migrate_first, drive, project_root)
+        except BaseException as exc:
+            reason = drive.masker.mask(str(exc).splitlines()[0] if str(exc) else repr(exc))
+            store.finish(deployment_id, "failed", reason=reason)
+            raise
         return await _finish_drive(drive, secrets_, kind, started)
 
 
@@ -614,6 +663,7 @@ async def resume_async(
             runtime=LocalRuntime(env_dir(project_root, env), env),
             data_dir=env_dir(project_root, env) / "data",
             progress=progress,
+            project_root=project_root,
             engine=engine,
         )
         for service in plan.services:

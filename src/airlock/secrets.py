@@ -28,5 +28,9 @@ class Masker:
                 text = text.replace(value, MASK)
         return text
 
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(self._values)
+
     def __bool__(self) -> bool:
         return bool(self._values)

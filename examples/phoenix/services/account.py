@@ -6,7 +6,9 @@ Endpoints:
     POST /accounts/{id}/debit       {"amount": int > 0} -> {"id", "balance"}, 409 if too low
     POST /accounts/{id}/credit      {"amount": int > 0} -> {"id", "balance"}
 
-Environment: PORT (required), JWT_SECRET (required, signs statements), DATA_DIR.
+Table: accounts (created and seeded by db/migrations/V1__initial_schema.sql).
+
+Environment: PORT (required), JWT_SECRET (required, signs statements), DATABASE_URL (required).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 
 from phoenix_common import (
     Database,
@@ -27,25 +28,7 @@ from phoenix_common import (
     utc_now,
 )
 
-SEED_ACCOUNTS = 100
-SEED_BALANCE = 1_000_000  # cents
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS accounts (
-               id INTEGER PRIMARY KEY,
-               balance INTEGER NOT NULL CHECK (balance >= 0),
-               updated_at TEXT NOT NULL
-           )"""
-    )
-    (count,) = conn.execute("SELECT COUNT(*) FROM accounts").fetchone()
-    if count == 0:
-        now = utc_now()
-        conn.executemany(
-            "INSERT INTO accounts (id, balance, updated_at) VALUES (?, ?, ?)",
-            [(account_id, SEED_BALANCE, now) for account_id in range(1, SEED_ACCOUNTS + 1)],
-        )
+TABLES = ["accounts"]
 
 
 class Accounts:
@@ -53,23 +36,19 @@ class Accounts:
         self.database = database
         self.secret = secret
 
-    def _balance(self, conn: sqlite3.Connection, account_id: int) -> int:
-        row = conn.execute("SELECT balance FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    def _balance(self, account_id: int) -> int:
+        row = self.database.query_one("SELECT balance FROM accounts WHERE id = %s", [account_id])
         if row is None:
             raise HTTPError(404, f"account {account_id} not found")
         return int(row["balance"])
 
     def get(self, request: Request) -> Response:
         account_id = request.path_id()
-        with self.database.connect() as conn:
-            balance = self._balance(conn, account_id)
-        return json_response(200, {"id": account_id, "balance": balance})
+        return json_response(200, {"id": account_id, "balance": self._balance(account_id)})
 
     def statement(self, request: Request) -> Response:
         account_id = request.path_id()
-        with self.database.connect() as conn:
-            balance = self._balance(conn, account_id)
-        statement = {"id": account_id, "balance": balance, "as_of": utc_now()}
+        statement = {"id": account_id, "balance": self._balance(account_id), "as_of": utc_now()}
         canonical = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
         signature = hmac.new(self.secret, canonical, hashlib.sha256).hexdigest()
         return json_response(200, {**statement, "signature": signature})
@@ -77,34 +56,35 @@ class Accounts:
     def debit(self, request: Request) -> Response:
         account_id = request.path_id()
         amount = field_int(request.json(), "amount")
-        with self.database.transaction() as conn:
-            # The WHERE clause makes the check and the update one atomic step.
-            cursor = conn.execute(
-                "UPDATE accounts SET balance = balance - ?, updated_at = ?"
-                " WHERE id = ? AND balance >= ?",
-                (amount, utc_now(), account_id, amount),
-            )
-            balance = self._balance(conn, account_id)
-        if cursor.rowcount == 0:
+        # The WHERE clause makes the check and the update one atomic statement, so
+        # concurrent debits can never take a balance below zero.
+        row = self.database.query_one(
+            "UPDATE accounts SET balance = balance - %s, updated_at = now()"
+            " WHERE id = %s AND balance >= %s RETURNING balance",
+            [amount, account_id, amount],
+        )
+        if row is None:
+            balance = self._balance(account_id)  # 404 when the account does not exist
             raise HTTPError(409, "insufficient funds", id=account_id, balance=balance)
-        return json_response(200, {"id": account_id, "balance": balance})
+        return json_response(200, {"id": account_id, "balance": int(row["balance"])})
 
     def credit(self, request: Request) -> Response:
         account_id = request.path_id()
         amount = field_int(request.json(), "amount")
-        with self.database.transaction() as conn:
-            conn.execute(
-                "UPDATE accounts SET balance = balance + ?, updated_at = ? WHERE id = ?",
-                (amount, utc_now(), account_id),
-            )
-            balance = self._balance(conn, account_id)
-        return json_response(200, {"id": account_id, "balance": balance})
+        row = self.database.query_one(
+            "UPDATE accounts SET balance = balance + %s, updated_at = now()"
+            " WHERE id = %s RETURNING balance",
+            [amount, account_id],
+        )
+        if row is None:
+            raise HTTPError(404, f"account {account_id} not found")
+        return json_response(200, {"id": account_id, "balance": int(row["balance"])})
 
 
 def main() -> None:
     service = Service("account")
     secret = service.require_secret()
-    database = Database.open("account", migrate)
+    database = Database.open("account", TABLES)
     service.add_readiness_check(database.readiness_problem)
     accounts = Accounts(database, secret)
     service.route("GET", r"/accounts/(?P<id>\d{1,15})", accounts.get)

@@ -5,13 +5,12 @@ Endpoints:
     GET  /records          ?kind=&limit= -> [{"id", "kind", "data", "created_at"}, ...] newest first
     GET  /records/count    ?kind= -> {"count"}
 
-Environment: PORT (required), DATA_DIR.
+Table: audit_records (created by db/migrations/V1__initial_schema.sql).
+
+Environment: PORT (required), DATABASE_URL (required).
 """
 
 from __future__ import annotations
-
-import json
-import sqlite3
 
 from phoenix_common import (
     Database,
@@ -20,21 +19,13 @@ from phoenix_common import (
     Service,
     field_object,
     field_str,
+    iso_time,
     json_response,
-    utc_now,
+    utc_timestamp,
 )
+from psycopg.types.json import Jsonb
 
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS records (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               kind TEXT NOT NULL,
-               data TEXT NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS records_kind ON records (kind, id)")
+TABLES = ["audit_records"]
 
 
 class Records:
@@ -44,51 +35,47 @@ class Records:
     def create(self, request: Request) -> Response:
         payload = request.json()
         kind = field_str(payload, "kind", max_length=64)
-        data = json.dumps(field_object(payload, "data"), separators=(",", ":"))
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO records (kind, data, created_at) VALUES (?, ?, ?)",
-                (kind, data, utc_now()),
-            )
-        return json_response(201, {"id": cursor.lastrowid})
+        data = field_object(payload, "data")
+        row = self.database.query_single(
+            "INSERT INTO audit_records (kind, data, created_at) VALUES (%s, %s, %s) RETURNING id",
+            [kind, Jsonb(data), utc_timestamp()],
+        )
+        return json_response(201, {"id": row["id"]})
 
     def list(self, request: Request) -> Response:
         limit = request.query_int("limit", 100, maximum=1000)
         kind = request.query.get("kind", "")
-        sql = "SELECT id, kind, data, created_at FROM records"
+        sql = "SELECT id, kind, data, created_at FROM audit_records"
         params: list[object] = []
         if kind:
-            sql += " WHERE kind = ?"
+            sql += " WHERE kind = %s"
             params.append(kind)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
         records = [
             {
                 "id": row["id"],
                 "kind": row["kind"],
-                "data": json.loads(row["data"]),
-                "created_at": row["created_at"],
+                "data": row["data"],
+                "created_at": iso_time(row["created_at"]),
             }
-            for row in rows
+            for row in self.database.query(sql, params)
         ]
         return json_response(200, records)
 
     def count(self, request: Request) -> Response:
         kind = request.query.get("kind", "")
-        with self.database.connect() as conn:
-            if kind:
-                row = conn.execute("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))
-            else:
-                row = conn.execute("SELECT COUNT(*) FROM records")
-            (count,) = row.fetchone()
-        return json_response(200, {"count": count})
+        if kind:
+            sql = "SELECT count(*) AS n FROM audit_records WHERE kind = %s"
+            row = self.database.query_single(sql, [kind])
+        else:
+            row = self.database.query_single("SELECT count(*) AS n FROM audit_records")
+        return json_response(200, {"count": row["n"]})
 
 
 def main() -> None:
     service = Service("audit")
-    database = Database.open("audit", migrate)
+    database = Database.open("audit", TABLES)
     service.add_readiness_check(database.readiness_problem)
     records = Records(database)
     service.route("POST", r"/records", records.create)

@@ -9,12 +9,12 @@ Endpoints:
                                "payments", "transactions", "created_at"}, ...] newest first
     GET  /notifications/count  -> {"count"}
 
-Environment: PORT (required), PAYMENT_URL, TRANSACTION_URL, DATA_DIR.
+Table: notifications (created by db/migrations/V1__initial_schema.sql).
+
+Environment: PORT (required), DATABASE_URL (required), PAYMENT_URL, TRANSACTION_URL.
 """
 
 from __future__ import annotations
-
-import sqlite3
 
 from phoenix_common import (
     MAX_ID,
@@ -26,25 +26,16 @@ from phoenix_common import (
     Service,
     field_int,
     field_str,
+    iso_time,
     json_response,
-    utc_now,
+    utc_timestamp,
 )
+from psycopg import errors as pg_errors
 
 RECENT = 50  # how many recent payments/transactions a notification looks at
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS notifications (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               account INTEGER NOT NULL,
-               message TEXT NOT NULL,
-               payments INTEGER NOT NULL,
-               transactions INTEGER NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS notifications_account ON notifications (account, id)")
+TABLES = ["notifications"]
 
 
 def recent_count(dependency: Dependency, path: str) -> int:
@@ -71,16 +62,18 @@ class Notifications:
         query = f"?account={account_id}&limit={RECENT}"
         payments = recent_count(self.payment, "/payments" + query)
         transactions = recent_count(self.transaction, "/transactions" + query)
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
+        try:
+            row = self.database.query_single(
                 "INSERT INTO notifications (account, message, payments, transactions, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (account_id, message, payments, transactions, utc_now()),
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                [account_id, message, payments, transactions, utc_timestamp()],
             )
+        except pg_errors.ForeignKeyViolation:
+            raise HTTPError(404, f"account {account_id} not found") from None
         return json_response(
             201,
             {
-                "notification_id": cursor.lastrowid,
+                "notification_id": row["id"],
                 "account": account_id,
                 "payments": payments,
                 "transactions": transactions,
@@ -93,12 +86,11 @@ class Notifications:
         sql = "SELECT id, account, message, payments, transactions, created_at FROM notifications"
         params: list[object] = []
         if account_id is not None:
-            sql += " WHERE account = ?"
+            sql += " WHERE account = %s"
             params.append(account_id)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self.database.query(sql, params)
         notifications = [
             {
                 "notification_id": row["id"],
@@ -106,23 +98,22 @@ class Notifications:
                 "message": row["message"],
                 "payments": row["payments"],
                 "transactions": row["transactions"],
-                "created_at": row["created_at"],
+                "created_at": iso_time(row["created_at"]),
             }
             for row in rows
         ]
         return json_response(200, notifications)
 
     def count(self, request: Request) -> Response:
-        with self.database.connect() as conn:
-            (count,) = conn.execute("SELECT COUNT(*) FROM notifications").fetchone()
-        return json_response(200, {"count": count})
+        row = self.database.query_single("SELECT count(*) AS n FROM notifications")
+        return json_response(200, {"count": row["n"]})
 
 
 def main() -> None:
     service = Service("notification")
     payment = service.dependency("payment", "PAYMENT_URL")
     transaction = service.dependency("transaction", "TRANSACTION_URL")
-    database = Database.open("notification", migrate)
+    database = Database.open("notification", TABLES)
     service.add_readiness_check(database.readiness_problem)
     notifications = Notifications(database, payment, transaction)
     service.route("POST", r"/notifications", notifications.create)

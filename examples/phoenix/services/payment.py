@@ -11,7 +11,10 @@ Endpoints:
 The receipt is the hex HMAC-SHA256, keyed with JWT_SECRET, of the canonical JSON
 (sorted keys, no spaces) of {"account", "amount", "created_at", "payment_id"}.
 
-Environment: PORT (required), JWT_SECRET (required), ACCOUNT_URL, AUDIT_URL, DATA_DIR.
+Table: payments (created by db/migrations/V1__initial_schema.sql).
+
+Environment: PORT (required), JWT_SECRET (required), DATABASE_URL (required), ACCOUNT_URL,
+AUDIT_URL.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from typing import Any
 
 from phoenix_common import (
@@ -31,23 +33,13 @@ from phoenix_common import (
     Response,
     Service,
     field_int,
+    iso_time,
     json_response,
     log_event,
-    utc_now,
+    utc_timestamp,
 )
 
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS payments (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               account INTEGER NOT NULL,
-               amount INTEGER NOT NULL,
-               receipt TEXT NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS payments_account ON payments (account, id)")
+TABLES = ["payments"]
 
 
 def sign_receipt(secret: bytes, payment_id: int, account: int, amount: int, created_at: str) -> str:
@@ -115,15 +107,19 @@ class Payments:
         )
         if status != 201:
             raise self.audit.failed(status)
-        created_at = utc_now()
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO payments (account, amount, receipt, created_at) VALUES (?, ?, '', ?)",
-                (account_id, amount, created_at),
-            )
-            payment_id = int(cursor.lastrowid or 0)
-            receipt = sign_receipt(self.secret, payment_id, account_id, amount, created_at)
-            conn.execute("UPDATE payments SET receipt = ? WHERE id = ?", (receipt, payment_id))
+        created = utc_timestamp()
+        created_at = iso_time(created)
+        # Reserve the id first: the receipt signs it, and is stored by the same INSERT.
+        row = self.database.query_single(
+            "SELECT nextval(pg_get_serial_sequence('payments', 'id')) AS id"
+        )
+        payment_id = int(row["id"])
+        receipt = sign_receipt(self.secret, payment_id, account_id, amount, created_at)
+        self.database.query(
+            "INSERT INTO payments (id, account, amount, receipt, created_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            [payment_id, account_id, amount, receipt, created],
+        )
         return {
             "payment_id": payment_id,
             "account": account_id,
@@ -150,18 +146,17 @@ class Payments:
         sql = "SELECT id, account, amount, receipt, created_at FROM payments"
         params: list[object] = []
         if account_id is not None:
-            sql += " WHERE account = ?"
+            sql += " WHERE account = %s"
             params.append(account_id)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self.database.query(sql, params)
         payments = [
             {
                 "payment_id": row["id"],
                 "account": row["account"],
                 "amount": row["amount"],
-                "created_at": row["created_at"],
+                "created_at": iso_time(row["created_at"]),
                 "receipt": row["receipt"],
             }
             for row in rows
@@ -174,7 +169,7 @@ def main() -> None:
     secret = service.require_secret()
     account = service.dependency("account", "ACCOUNT_URL")
     audit = service.dependency("audit", "AUDIT_URL")
-    database = Database.open("payment", migrate)
+    database = Database.open("payment", TABLES)
     service.add_readiness_check(database.readiness_problem)
     payments = Payments(database, secret, account, audit)
     service.route("POST", r"/payments", payments.create)

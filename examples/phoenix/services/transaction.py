@@ -11,12 +11,13 @@ Endpoints:
 
 A failed credit undoes the debit, so money is never lost half-way.
 
-Environment: PORT (required), ACCOUNT_URL, AUDIT_URL, DATA_DIR.
+Table: transactions (created by db/migrations/V1__initial_schema.sql).
+
+Environment: PORT (required), DATABASE_URL (required), ACCOUNT_URL, AUDIT_URL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from phoenix_common import (
@@ -28,24 +29,13 @@ from phoenix_common import (
     Response,
     Service,
     field_int,
+    iso_time,
     json_response,
     log_event,
-    utc_now,
+    utc_timestamp,
 )
 
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS transactions (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               from_account INTEGER NOT NULL,
-               to_account INTEGER NOT NULL,
-               amount INTEGER NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS transactions_from ON transactions (from_account, id)")
-    conn.execute("CREATE INDEX IF NOT EXISTS transactions_to ON transactions (to_account, id)")
+TABLES = ["transactions"]
 
 
 def balance_of(body: Any) -> int:
@@ -113,19 +103,18 @@ class Transactions:
         )
         if status != 201:
             raise self.audit.failed(status)
-        created_at = utc_now()
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO transactions (from_account, to_account, amount, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (source, target, amount, created_at),
-            )
+        created = utc_timestamp()
+        row = self.database.query_single(
+            "INSERT INTO transactions (from_account, to_account, amount, created_at)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            [source, target, amount, created],
+        )
         return {
-            "transaction_id": cursor.lastrowid,
+            "transaction_id": row["id"],
             "from": source,
             "to": target,
             "amount": amount,
-            "created_at": created_at,
+            "created_at": iso_time(created),
         }
 
     def list(self, request: Request) -> Response:
@@ -134,19 +123,18 @@ class Transactions:
         sql = "SELECT id, from_account, to_account, amount, created_at FROM transactions"
         params: list[object] = []
         if account_id is not None:
-            sql += " WHERE from_account = ? OR to_account = ?"
+            sql += " WHERE from_account = %s OR to_account = %s"
             params += [account_id, account_id]
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self.database.query(sql, params)
         transfers = [
             {
                 "transaction_id": row["id"],
                 "from": row["from_account"],
                 "to": row["to_account"],
                 "amount": row["amount"],
-                "created_at": row["created_at"],
+                "created_at": iso_time(row["created_at"]),
             }
             for row in rows
         ]
@@ -157,7 +145,7 @@ def main() -> None:
     service = Service("transaction")
     account = service.dependency("account", "ACCOUNT_URL")
     audit = service.dependency("audit", "AUDIT_URL")
-    database = Database.open("transaction", migrate)
+    database = Database.open("transaction", TABLES)
     service.add_readiness_check(database.readiness_problem)
     transactions = Transactions(database, account, audit)
     service.route("POST", r"/transactions", transactions.create)

@@ -52,6 +52,10 @@ CODES: dict[str, str] = {
     "config.undefined-reference": "A ${...} reference names something that does not exist.",
     "model.port-conflict": "Two services ask for the same fixed port.",
     "model.source-missing": "A service's `source` path does not exist, so it cannot be sealed.",
+    "migration.edited": "An applied migration's file changed after it ran.",
+    "migration.missing": "An applied migration's file is gone.",
+    "migration.out-of-order": "A pending migration's version is below the latest applied one.",
+    "migration.drift": "The live schema differs from the one recorded after the last migrate.",
 }
 
 

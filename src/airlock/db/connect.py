@@ -5,6 +5,7 @@ Every message names the database by :func:`display_url`, which never shows a pas
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -59,7 +60,7 @@ def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/") or "postgres"
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     """Open a connection; unreachable servers and bad credentials become clear errors."""
     try:
         return psycopg.connect(

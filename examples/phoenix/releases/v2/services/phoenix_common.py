@@ -1,4 +1,4 @@
-"""Shared plumbing for the Phoenix example services (standard library only).
+"""Shared plumbing for the Phoenix example services (standard library plus psycopg 3).
 
 Every Phoenix service is one small script that imports this module. It provides:
 
@@ -8,8 +8,10 @@ Every Phoenix service is one small script that imports this module. It provides:
 * one JSON log line per request on stdout;
 * an HTTP client for calls to other services, with timeouts and JSON errors that
   name the dependency that failed;
-* a SQLite helper (WAL mode, busy timeout, migrations serialised between the
-  processes that share one database file);
+* a PostgreSQL helper (``DATABASE_URL``): a small connection pool, one retry on a
+  broken connection, and a readiness check that the service's tables exist. The
+  schema itself belongs to the migrations in ``db/migrations``; services never
+  create or alter tables;
 * graceful shutdown on SIGTERM: stop accepting, finish in-flight requests, exit 0.
 
 Release overlays under ``releases/`` replace this file only to change
@@ -19,13 +21,14 @@ every service speaks the same protocol.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import os
 import re
 import signal
 import socketserver
-import sqlite3
 import sys
 import threading
 import time
@@ -33,27 +36,35 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, LiteralString, NoReturn, TypeVar
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.rows import DictRow, dict_row
+except ImportError:  # pragma: no cover - depends on the interpreter
+    sys.stderr.write("phoenix: psycopg 3 is required (pip install 'psycopg[binary]')\n")
+    raise SystemExit(1) from None
 
 #: Version of the whole Phoenix system; the release overlays change this line.
 VERSION = "2.0.0"
 
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 64 * 1024
-#: Largest amount (in cents) accepted anywhere; keeps balances inside SQLite integers.
+#: Largest amount (in cents) accepted anywhere; keeps balances far inside ``bigint``.
 MAX_AMOUNT = 10**12
 #: Largest numeric id accepted in paths and bodies.
 MAX_ID = 10**12
 DEPENDENCY_TIMEOUT = 2.0
 READINESS_TIMEOUT = 0.5
 READINESS_CACHE_SECONDS = 0.5
-SQLITE_BUSY_TIMEOUT = 5.0
+DATABASE_CONNECT_TIMEOUT = 3  # seconds (libpq wants a whole number)
+DATABASE_POOL_SIZE = 8  # idle connections kept per process
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _output_lock = threading.Lock()
@@ -66,13 +77,53 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def utc_now() -> str:
     """Current UTC time as an ISO 8601 string with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(datetime.now(UTC))
+
+
+def utc_timestamp() -> datetime:
+    """Current UTC time, cut to milliseconds so that :func:`iso_time` shows all of it."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso_time(moment: datetime) -> str:
+    """A ``timestamptz`` as ISO 8601 in UTC with milliseconds, e.g. ``2025-01-01T12:00:00.000Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@functools.cache
+def _secrets_in_environment() -> list[str]:
+    """Values that must never reach a log: the signing key and the database password.
+
+    Nothing prints them on purpose; :func:`scrub` is the safety net for messages that
+    quote them by accident (a traceback, a driver error). Values shorter than 4
+    characters are left alone: replacing them everywhere would garble every log line.
+    """
+    found = [os.environ.get("JWT_SECRET", "")]
+    with contextlib.suppress(ValueError):
+        found.append(urllib.parse.urlsplit(os.environ.get("DATABASE_URL", "")).password or "")
+    return [value for value in found if len(value) >= 4]
+
+
+def scrub(text: str) -> str:
+    """``text`` with every secret of this process replaced by ``****``."""
+    for value in _secrets_in_environment():
+        text = text.replace(value, "****")
+    return text
+
+
+def print_traceback() -> None:
+    """The current exception's traceback on stderr, with secrets scrubbed out."""
+    text = scrub(traceback.format_exc())
+    with _output_lock:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def log_event(service: str, **fields: Any) -> None:
     """Write one JSON line on stdout and flush it."""
     record = {"ts": utc_now(), "service": service, "version": VERSION, **fields}
-    line = json.dumps(record, separators=(",", ":"), default=str)
+    line = scrub(json.dumps(record, separators=(",", ":"), default=str))
     with _output_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -81,7 +132,7 @@ def log_event(service: str, **fields: Any) -> None:
 def fail_startup(service: str, message: str, code: int = 2) -> NoReturn:
     """Print a clear message on stderr and exit with ``code``."""
     with _output_lock:
-        sys.stderr.write(f"{service}: {message}\n")
+        sys.stderr.write(scrub(f"{service}: {message}\n"))
         sys.stderr.flush()
     raise SystemExit(code)
 
@@ -377,70 +428,157 @@ class Dependency:
             return problem
 
 
-# ----------------------------------------------------------------------- SQLite
+# ------------------------------------------------------------------- PostgreSQL
+
+Connection = psycopg.Connection[DictRow]
+T = TypeVar("T")
 
 
 class Database:
-    """One SQLite file in ``$DATA_DIR``, shared by every version of a service.
+    """The PostgreSQL database named by ``$DATABASE_URL``, shared by every service and version.
 
-    Old and new versions run side by side during an upgrade, so the file uses WAL
-    mode and a busy timeout, and every write runs in ``BEGIN IMMEDIATE``.
+    The tables come from the migrations in ``db/migrations``; a service only reads and
+    writes rows. Every statement runs in autocommit, and the statements that must be
+    atomic are written as one statement (``UPDATE … WHERE balance >= … RETURNING``), so
+    no transaction is ever held open across a call to another service.
+
+    Connections are kept in a small pool. A pooled connection can go stale (the server
+    restarted, or closed it): when a statement fails because its connection broke, it is
+    run once more on a fresh connection. The only time that repeats a write is when the
+    server died after committing it and before answering, which this example accepts.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, service: str, url: str, requires: Sequence[str]) -> None:
+        self.service = service
+        self._url = url
+        self.requires = tuple(requires)
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, service: str, migrate: Callable[[sqlite3.Connection], None]) -> Database:
-        data_dir = os.environ.get("DATA_DIR", "").strip() or "data"
-        try:
-            os.makedirs(data_dir, exist_ok=True)
-            database = cls(os.path.join(data_dir, f"{service}.db"))
-            with database.connect() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
-            with database.transaction() as conn:
-                migrate(conn)
-        except (OSError, sqlite3.Error) as error:
-            fail_startup(service, f"cannot open database in {data_dir!r}: {error}", code=1)
-        return database
+    def open(cls, service: str, requires: Sequence[str]) -> Database:
+        """The database of ``$DATABASE_URL``; ``requires`` lists the tables (``"payments"``)
+        and columns (``"payments.fee"``) this version needs before it is ready.
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None)
+        Nothing is connected yet: a database that is down, or not migrated yet, only keeps
+        ``/readyz`` at 503 until it is fixed.
+        """
+        url = os.environ.get("DATABASE_URL", "").strip()
+        if not url:
+            fail_startup(service, "DATABASE_URL is not set; refusing to start")
         try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            yield conn
-        finally:
-            conn.close()
+            scheme = urllib.parse.urlsplit(url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("postgresql", "postgres"):
+            # The URL holds a password, so it is described, never shown.
+            fail_startup(service, "DATABASE_URL must be a postgresql://user:password@host/db URL")
+        return cls(service, url, requires)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``), committed unless an exception escapes."""
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+    # connections ---------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        return psycopg.connect(
+            self._url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=DATABASE_CONNECT_TIMEOUT,
+            application_name=f"phoenix-{self.service}/{VERSION}",
+        )
+
+    def _acquire(self) -> tuple[Connection, bool]:
+        """A connection, and whether it was reused from the pool."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _release(self, conn: Connection) -> None:
+        usable = (
+            not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
+        if usable:
+            with self._lock:
+                if len(self._idle) < DATABASE_POOL_SIZE:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Call ``work`` with a connection; again on a fresh one if a pooled one was dead."""
+        conn, reused = self._acquire()
+        try:
+            return work(conn)
+        except psycopg.OperationalError:
+            if not (reused and conn.broken):
                 raise
-            conn.execute("COMMIT")
+        finally:
+            self._release(conn)
+        conn = self._connect()
+        try:
+            return work(conn)
+        finally:
+            self._release(conn)
+
+    # statements ----------------------------------------------------------------
+
+    def query(self, sql: LiteralString, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run one statement; its rows (none for a statement that returns nothing)."""
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+        return self.run(work)
+
+    def query_one(self, sql: LiteralString, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """Run one statement; its first row, or ``None``."""
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def query_single(self, sql: LiteralString, params: Sequence[Any] = ()) -> dict[str, Any]:
+        """Run one statement that always returns a row (``INSERT … RETURNING``, ``count(*)``)."""
+        row = self.query_one(sql, params)
+        if row is None:
+            raise RuntimeError("the statement returned no row")
+        return row
+
+    # readiness -----------------------------------------------------------------
+
+    def missing(self) -> list[str]:
+        """The required tables and columns that the schema does not have (yet)."""
+        rows = self.query(
+            "SELECT item FROM unnest(%s::text[]) WITH ORDINALITY AS required (item, n)"
+            " WHERE CASE WHEN strpos(item, '.') = 0 THEN to_regclass(item) IS NULL"
+            " ELSE NOT EXISTS (SELECT FROM pg_attribute a"
+            "   WHERE a.attrelid = to_regclass(split_part(item, '.', 1))"
+            "   AND a.attname = split_part(item, '.', 2) AND a.attnum > 0"
+            "   AND NOT a.attisdropped) END"
+            " ORDER BY n",
+            [list(self.requires)],
+        )
+        return [str(row["item"]) for row in rows]
 
     def readiness_problem(self) -> str | None:
+        """Why the database cannot be used right now: unreachable, or not migrated."""
         try:
-            with self.connect() as conn:
-                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-        except sqlite3.Error as error:
-            return f"database unavailable: {error}"
-        return None
-
-
-def add_column_if_missing(conn: sqlite3.Connection, table: str, column: str, ddl: str) -> None:
-    """``ALTER TABLE table ADD COLUMN ddl`` unless ``column`` exists (run inside a migration)."""
-    columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-    if column not in columns:
-        conn.execute(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            missing = self.missing()
+        except psycopg.Error as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return scrub(f"database unavailable: {first_line}")
+        tables = {item for item in missing if "." not in item}
+        # A column of a missing table is missing too; naming the table says enough.
+        named = [
+            f"column {item}" if "." in item else f"table {item}"
+            for item in missing
+            if "." not in item or item.split(".", 1)[0] not in tables
+        ]
+        if not named:
+            return None
+        verb = "does not exist" if len(named) == 1 else "do not exist"
+        return f"{', '.join(named)} {verb} (migrations not applied?)"
 
 
 # ---------------------------------------------------------------------- server
@@ -526,11 +664,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return self.service.handle(method, self.path, self._read_body())
         except HTTPError as error:
             return json_response(error.status, error.body, error.headers)
-        except sqlite3.OperationalError:
-            traceback.print_exc(file=sys.stderr)
-            return json_response(503, {"error": "database busy, retry later"})
+        except (pg_errors.UndefinedTable, pg_errors.UndefinedColumn) as error:
+            # The code is newer than the schema: the migrations have not been applied.
+            print_traceback()
+            problem = error.diag.message_primary or "schema mismatch"
+            body = {"error": "database schema not ready (migrations not applied?)"}
+            return json_response(503, {**body, "detail": scrub(problem)})
+        except psycopg.OperationalError:
+            print_traceback()
+            return json_response(503, {"error": "database unavailable, retry later"})
         except Exception:
-            traceback.print_exc(file=sys.stderr)
+            print_traceback()
             return json_response(500, {"error": "internal error"})
 
     def _dispatch(self) -> None:

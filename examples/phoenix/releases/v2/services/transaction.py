@@ -9,18 +9,20 @@ Endpoints:
     GET  /transactions  ?account=&limit= -> [{"transaction_id", "from", "to", "amount",
                         "currency", "created_at"}, ...] newest first, either side of the transfer
 
-Since 2.0.0 every transfer names its currency ("EUR"). The column is added only when it
-is missing and has a default, so 1.x processes keep working on the same database file
-while both versions run during an upgrade.
+Since 2.0.0 every transfer names its currency ("EUR"), stored in the column
+transactions.currency that db/migrations/V2__payment_fee_and_currency.sql adds with a
+default, so 1.x processes keep working while both versions run during an upgrade. This
+version is only ready once that column exists.
 
 A failed credit undoes the debit, so money is never lost half-way.
 
-Environment: PORT (required), ACCOUNT_URL, AUDIT_URL, DATA_DIR.
+Table: transactions (V1__initial_schema.sql, plus the currency column of V2).
+
+Environment: PORT (required), DATABASE_URL (required), ACCOUNT_URL, AUDIT_URL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from phoenix_common import (
@@ -31,29 +33,15 @@ from phoenix_common import (
     Request,
     Response,
     Service,
-    add_column_if_missing,
     field_int,
+    iso_time,
     json_response,
     log_event,
-    utc_now,
+    utc_timestamp,
 )
 
+TABLES = ["transactions", "transactions.currency"]
 CURRENCY = "EUR"
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS transactions (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               from_account INTEGER NOT NULL,
-               to_account INTEGER NOT NULL,
-               amount INTEGER NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS transactions_from ON transactions (from_account, id)")
-    conn.execute("CREATE INDEX IF NOT EXISTS transactions_to ON transactions (to_account, id)")
-    add_column_if_missing(conn, "transactions", "currency", "currency TEXT NOT NULL DEFAULT 'EUR'")
 
 
 def balance_of(body: Any) -> int:
@@ -121,20 +109,19 @@ class Transactions:
         )
         if status != 201:
             raise self.audit.failed(status)
-        created_at = utc_now()
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO transactions (from_account, to_account, amount, currency, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (source, target, amount, CURRENCY, created_at),
-            )
+        created = utc_timestamp()
+        row = self.database.query_single(
+            "INSERT INTO transactions (from_account, to_account, amount, currency, created_at)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            [source, target, amount, CURRENCY, created],
+        )
         return {
-            "transaction_id": cursor.lastrowid,
+            "transaction_id": row["id"],
             "from": source,
             "to": target,
             "amount": amount,
             "currency": CURRENCY,
-            "created_at": created_at,
+            "created_at": iso_time(created),
         }
 
     def list(self, request: Request) -> Response:
@@ -143,12 +130,11 @@ class Transactions:
         sql = "SELECT id, from_account, to_account, amount, currency, created_at FROM transactions"
         params: list[object] = []
         if account_id is not None:
-            sql += " WHERE from_account = ? OR to_account = ?"
+            sql += " WHERE from_account = %s OR to_account = %s"
             params += [account_id, account_id]
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self.database.query(sql, params)
         transfers = [
             {
                 "transaction_id": row["id"],
@@ -156,7 +142,7 @@ class Transactions:
                 "to": row["to_account"],
                 "amount": row["amount"],
                 "currency": row["currency"],
-                "created_at": row["created_at"],
+                "created_at": iso_time(row["created_at"]),
             }
             for row in rows
         ]
@@ -167,7 +153,7 @@ def main() -> None:
     service = Service("transaction")
     account = service.dependency("account", "ACCOUNT_URL")
     audit = service.dependency("audit", "AUDIT_URL")
-    database = Database.open("transaction", migrate)
+    database = Database.open("transaction", TABLES)
     service.add_readiness_check(database.readiness_problem)
     transactions = Transactions(database, account, audit)
     service.route("POST", r"/transactions", transactions.create)

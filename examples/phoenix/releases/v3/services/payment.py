@@ -9,9 +9,10 @@ Endpoints:
     GET  /payments  ?account=&limit= -> [{"payment_id", "account", "amount", "fee",
                     "created_at", "receipt"}, ...] newest first
 
-Since 2.0.0 every payment has a "fee" (always 0 for now). It lives in a column that the
-migration adds only when it is missing and that has a default, so 1.x processes keep
-working on the same database file while both versions run during an upgrade.
+Since 2.0.0 every payment has a "fee" (always 0 for now), stored in the column
+payments.fee that db/migrations/V2__payment_fee_and_currency.sql adds with a default, so
+1.x processes (which name their columns) keep working while both versions run during an
+upgrade. This version is only ready once that column exists.
 
 Since 3.0.0 the service is only ready once a fraud-check service answers at FRAUD_URL.
 No such service exists in this example, so 3.0.0 payment never becomes ready: /readyz
@@ -21,8 +22,10 @@ release Airlock has to refuse and roll back.
 The receipt is the hex HMAC-SHA256, keyed with JWT_SECRET, of the canonical JSON
 (sorted keys, no spaces) of {"account", "amount", "created_at", "payment_id"}.
 
-Environment: PORT (required), JWT_SECRET (required), ACCOUNT_URL, AUDIT_URL, FRAUD_URL,
-DATA_DIR.
+Table: payments (V1__initial_schema.sql, plus the fee column of V2).
+
+Environment: PORT (required), JWT_SECRET (required), DATABASE_URL (required), ACCOUNT_URL,
+AUDIT_URL, FRAUD_URL.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -42,28 +44,15 @@ from phoenix_common import (
     Request,
     Response,
     Service,
-    add_column_if_missing,
     field_int,
+    iso_time,
     json_response,
     log_event,
-    utc_now,
+    utc_timestamp,
 )
 
+TABLES = ["payments", "payments.fee"]
 FEE = 0  # cents; the fee schedule is not decided yet
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS payments (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
-               account INTEGER NOT NULL,
-               amount INTEGER NOT NULL,
-               receipt TEXT NOT NULL,
-               created_at TEXT NOT NULL
-           )"""
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS payments_account ON payments (account, id)")
-    add_column_if_missing(conn, "payments", "fee", "fee INTEGER NOT NULL DEFAULT 0")
 
 
 def sign_receipt(secret: bytes, payment_id: int, account: int, amount: int, created_at: str) -> str:
@@ -137,16 +126,19 @@ class Payments:
         )
         if status != 201:
             raise self.audit.failed(status)
-        created_at = utc_now()
-        with self.database.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO payments (account, amount, fee, receipt, created_at)"
-                " VALUES (?, ?, ?, '', ?)",
-                (account_id, amount, FEE, created_at),
-            )
-            payment_id = int(cursor.lastrowid or 0)
-            receipt = sign_receipt(self.secret, payment_id, account_id, amount, created_at)
-            conn.execute("UPDATE payments SET receipt = ? WHERE id = ?", (receipt, payment_id))
+        created = utc_timestamp()
+        created_at = iso_time(created)
+        # Reserve the id first: the receipt signs it, and is stored by the same INSERT.
+        row = self.database.query_single(
+            "SELECT nextval(pg_get_serial_sequence('payments', 'id')) AS id"
+        )
+        payment_id = int(row["id"])
+        receipt = sign_receipt(self.secret, payment_id, account_id, amount, created_at)
+        self.database.query(
+            "INSERT INTO payments (id, account, amount, fee, receipt, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [payment_id, account_id, amount, FEE, receipt, created],
+        )
         return {
             "payment_id": payment_id,
             "account": account_id,
@@ -174,19 +166,18 @@ class Payments:
         sql = "SELECT id, account, amount, fee, receipt, created_at FROM payments"
         params: list[object] = []
         if account_id is not None:
-            sql += " WHERE account = ?"
+            sql += " WHERE account = %s"
             params.append(account_id)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT %s"
         params.append(limit)
-        with self.database.connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self.database.query(sql, params)
         payments = [
             {
                 "payment_id": row["id"],
                 "account": row["account"],
                 "amount": row["amount"],
                 "fee": row["fee"],
-                "created_at": row["created_at"],
+                "created_at": iso_time(row["created_at"]),
                 "receipt": row["receipt"],
             }
             for row in rows
@@ -197,11 +188,11 @@ class Payments:
 def main() -> None:
     service = Service("payment")
     secret = service.require_secret()
-    service.add_readiness_check(fraud_check_readiness())
     account = service.dependency("account", "ACCOUNT_URL")
     audit = service.dependency("audit", "AUDIT_URL")
-    database = Database.open("payment", migrate)
+    database = Database.open("payment", TABLES)
     service.add_readiness_check(database.readiness_problem)
+    service.add_readiness_check(fraud_check_readiness())
     payments = Payments(database, secret, account, audit)
     service.route("POST", r"/payments", payments.create)
     service.route("GET", r"/payments", payments.list)

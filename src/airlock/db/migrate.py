@@ -1,0 +1,678 @@
+"""The PostgreSQL side of migrations: lock, history, apply, drift.
+
+A :class:`Migrator` owns one connection to the target database for a whole run and holds a
+session-level advisory lock on it, so only one migrator works on a database at a time (INC05); a
+second one waits up to ``lock_wait`` and then fails naming who holds the lock.
+
+Each versioned migration runs in its own transaction together with its history row, with
+``lock_timeout`` and ``statement_timeout`` set for that transaction; a lock timeout is retried with
+backoff. A statement PostgreSQL cannot run in a transaction (``CREATE INDEX CONCURRENTLY``,
+``VACUUM``, …) must be alone in its file; it runs in autocommit, and when it fails its leftovers
+are cleaned up (an invalid index left by a failed concurrent build is dropped), so a failed
+migration never leaves the schema half changed.
+
+After every successful migrate the schema's fingerprint is recorded in
+``airlock_schema_baseline``; before migrating, the live schema is compared with it, and any
+difference (someone changed the schema by hand) refuses the run with ``migration.drift`` (INC03).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
+
+from airlock.checks import Finding, Severity
+from airlock.db.connect import DatabaseUnreachable, connect, display_url
+from airlock.db.files import (
+    Applied,
+    MigrationFile,
+    Migrations,
+    Pending,
+    discover,
+    effective,
+    parse_version,
+    pending,
+    validate,
+    version_text,
+)
+from airlock.db.fingerprint import SchemaDiff, diff, fingerprint, schema_snapshot
+from airlock.db.sql import Statement, explicit_transaction_control, split
+from airlock.errors import AirlockError, GateFailed, UsageError
+
+HISTORY_TABLE = "airlock_schema_history"
+BASELINE_TABLE = "airlock_schema_baseline"
+LOCK_CLASS = 0x41524C4B  # "ARLK"
+LOCK_OBJECT = 1
+
+SCHEMA_DDL = f"""
+CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+    installed_rank serial PRIMARY KEY,
+    version text,
+    description text NOT NULL,
+    type text NOT NULL CHECK (type IN ('V', 'U', 'R', 'BASELINE')),
+    script text NOT NULL,
+    checksum text NOT NULL,
+    applied_by text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    duration_ms integer NOT NULL,
+    success boolean NOT NULL,
+    release_id text
+);
+CREATE TABLE IF NOT EXISTS {BASELINE_TABLE} (
+    id serial PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    recorded_by text NOT NULL,
+    kind text NOT NULL,
+    reason text,
+    fingerprint text NOT NULL,
+    snapshot jsonb NOT NULL
+);
+"""
+
+
+class MigrationLockTimeout(AirlockError):
+    """Another migrator holds the database's migration lock."""
+
+    exit_code = 1
+
+
+class MigrationFailed(AirlockError):
+    """A migration failed; it was rolled back (or cleaned up) and nothing of it remains."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, script: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.script = script
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How migrations run; from ``database:`` in airlock.yaml or the command line."""
+
+    lock_timeout: float = 5.0
+    statement_timeout: float = 0.0  # 0: no limit
+    lock_wait: float = 30.0  # how long a second migrator waits for the advisory lock
+    retries: int = 3  # on lock timeout
+    allow_out_of_order: bool = False
+
+
+@dataclass
+class Step:
+    """What happened to one migration."""
+
+    script: str
+    version: str | None
+    kind: str
+    outcome: str  # applied | failed | skipped | planned
+    seconds: float = 0.0
+    attempts: int = 1
+    transactional: bool = True
+    locks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    """The result of a migrate, undo or rehearsal."""
+
+    database: str
+    steps: list[Step] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    fingerprint: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.outcome in {"applied", "planned", "skipped"} for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "ok": self.ok,
+            "steps": [s.to_dict() for s in self.steps],
+            "findings": [f.to_dict() for f in self.findings],
+            "fingerprint": self.fingerprint,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+Progress = Callable[[str], None]
+_T = TypeVar("_T")
+
+
+class Migrator:
+    """Migrations of one folder against one database."""
+
+    def __init__(
+        self,
+        url: str,
+        folder: Path,
+        *,
+        settings: Settings | None = None,
+        release_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.url = url
+        self.folder = folder
+        self.settings = settings or Settings()
+        self.release_id = release_id
+        self.progress = progress or (lambda _text: None)
+        self.where = display_url(url)
+        self.last_report: Report | None = None  # also set when a run fails half-way
+
+    # -- connection and lock -------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, *, lock: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A connection with the history tables in place and, by default, the migration lock."""
+        conn = connect(self.url, autocommit=True)
+        try:
+            name = f"airlock migrate {who()} pid {os.getpid()}"[:63]
+            conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+            if lock:
+                self._acquire(conn)
+            conn.execute(SCHEMA_DDL)
+            # Reading the schema can queue behind a lock too: never wait forever.
+            conn.execute(self._settings_sql(local=False)[0])
+            yield conn
+        except pg_errors.LockNotAvailable:
+            raise
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnreachable(
+                f"lost the connection to {self.where}: {str(exc).strip().splitlines()[0]}",
+                hint="check the server; migrations that had finished are recorded, the one "
+                "that was running was rolled back",
+            ) from None
+        finally:
+            conn.close()  # closing the session releases the advisory lock
+
+    def _acquire(self, conn: psycopg.Connection[Any]) -> None:
+        deadline = time.monotonic() + self.settings.lock_wait
+        announced = False
+        while True:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_OBJECT)
+            ).fetchone()
+            if row and row[0]:
+                return
+            holder = self._holder(conn)
+            if time.monotonic() >= deadline:
+                raise MigrationLockTimeout(
+                    f"another migrator holds the migration lock on {self.where}: {holder}",
+                    hint="wait for it to finish (migrations run one at a time per database), "
+                    "or raise database.lock_wait / --lock-wait",
+                )
+            if not announced:
+                self.progress(f"waiting for the migration lock held by {holder}")
+                announced = True
+            time.sleep(0.2)
+
+    def _holder(self, conn: psycopg.Connection[Any]) -> str:
+        row = conn.execute(
+            "SELECT a.pid, a.application_name, a.usename, a.client_addr, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (LOCK_CLASS, LOCK_OBJECT),
+        ).fetchone()
+        if row is None:
+            return "an unknown session"
+        pid, app, user, addr, since = row
+        source = f" from {addr}" if addr else ""
+        return (
+            f"{app or 'a session'} (backend pid {pid}, user {user}{source}, since {since:%H:%M:%S})"
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def migrations(self) -> Migrations:
+        return discover(self.folder)
+
+    def history(self, conn: psycopg.Connection[Any]) -> list[Applied]:
+        rows = conn.execute(
+            f"SELECT installed_rank, version, description, type, script, checksum, applied_by, "
+            f"applied_at, duration_ms, success, release_id FROM {HISTORY_TABLE} "
+            "ORDER BY installed_rank"
+        ).fetchall()
+        return [
+            Applied(
+                rank=r[0],
+                version=parse_version(r[1]) if r[1] else None,
+                description=r[2],
+                type=r[3],
+                script=r[4],
+                checksum=r[5],
+                applied_by=r[6],
+                applied_at=r[7].isoformat(timespec="seconds"),
+                duration_ms=r[8],
+                success=r[9],
+                release_id=r[10],
+            )
+            for r in rows
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """Applied and pending migrations and validation findings (takes no lock)."""
+        with self.session(lock=False) as conn:
+            migrations = self.migrations()
+            history = self.history(conn)
+            versions, _ = effective(history)
+            todo = pending(migrations, history, allow_out_of_order=self.settings.allow_out_of_order)
+            findings = validate(
+                migrations, history, allow_out_of_order=self.settings.allow_out_of_order
+            )
+            return {
+                "database": self.where,
+                "applied": [
+                    {
+                        "version": version_text(v),
+                        "script": row.script,
+                        "applied_at": row.applied_at,
+                        "applied_by": row.applied_by,
+                        "duration_ms": row.duration_ms,
+                        "release_id": row.release_id,
+                    }
+                    for v, row in sorted(versions.items())
+                ],
+                "pending": [
+                    {"version": m.version_label, "script": m.name, "kind": m.kind} for m in todo.all
+                ],
+                "findings": [f.to_dict() for f in findings],
+            }
+
+    # -- drift ---------------------------------------------------------------------------------
+
+    def recorded_baseline(self, conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+        row = conn.execute(
+            f"SELECT snapshot FROM {BASELINE_TABLE} ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return dict(row[0]) if row else None
+
+    def record_baseline(
+        self, conn: psycopg.Connection[Any], kind: str, reason: str | None = None
+    ) -> str:
+        snapshot = schema_snapshot(conn)
+        digest = fingerprint(snapshot)
+        conn.execute(
+            f"INSERT INTO {BASELINE_TABLE} (recorded_by, kind, reason, fingerprint, snapshot) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (who(), kind, reason, digest, json.dumps(snapshot)),
+        )
+        return digest
+
+    def drift(self, conn: psycopg.Connection[Any] | None = None) -> SchemaDiff | None:
+        """The difference between the live schema and the one recorded after the last migrate;
+        ``None`` when nothing was recorded yet."""
+        if conn is None:
+            with self.session(lock=False) as own:
+                return self.drift(own)
+        recorded = self.recorded_baseline(conn)
+        if recorded is None:
+            return None
+        return diff(recorded, schema_snapshot(conn))
+
+    def accept_drift(self, reason: str) -> str:
+        """Take the live schema as the new baseline, recording who and why."""
+        if not reason.strip():
+            raise UsageError("accepting drift needs a reason", hint="pass --reason 'why'")
+        with self.session() as conn:
+            return self.record_baseline(conn, "accept-drift", reason)
+
+    # -- migrate -------------------------------------------------------------------------------
+
+    def migrate(
+        self,
+        *,
+        dry_run: bool = False,
+        collect_locks: bool = False,
+        before_apply: Callable[[Pending], None] | None = None,
+    ) -> Report:
+        """Validate, check drift, then apply every pending migration in order.
+
+        ``before_apply`` runs under the migration lock once validation and the drift check have
+        passed and before anything is applied (a release lints and snapshots there); raising
+        in it stops the run with nothing applied.
+        """
+        started = time.monotonic()
+        report = self.last_report = Report(database=self.where)
+        with self.session() as conn:
+            migrations = self.migrations()
+            history = self.history(conn)
+            report.findings = validate(
+                migrations, history, allow_out_of_order=self.settings.allow_out_of_order
+            )
+            if any(f.severity is Severity.ERROR for f in report.findings):
+                raise _refusal(
+                    "the migrations do not match the database's history", report.findings
+                )
+            drift = self._retrying("reading the live schema", lambda: self.drift(conn))
+            if drift is not None and not drift.empty:
+                finding = drift_finding(drift, self.where)
+                report.findings.append(finding)
+                raise _refusal("the live schema differs from the one Airlock recorded", [finding])
+            if drift is None:
+                self.record_baseline(conn, "initial")
+            todo = pending(migrations, history, allow_out_of_order=self.settings.allow_out_of_order)
+            parsed = [(m, self._parse(m)) for m in todo.all]
+            if todo and not dry_run and before_apply is not None:
+                before_apply(todo)
+            for migration, statements in parsed:
+                if dry_run:
+                    report.steps.append(_step(migration, "planned", statements))
+                    continue
+                report.steps.append(_step(migration, "running", statements))
+                report.steps[-1] = self._apply(
+                    conn,
+                    migration,
+                    statements,
+                    collect_locks=collect_locks,
+                    step=report.steps[-1],
+                )
+            if todo and not dry_run:
+                report.fingerprint = self.record_baseline(conn, "migrate")
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _retrying(self, what: str, action: Callable[[], _T]) -> _T:
+        """Run ``action``, retrying when it times out waiting for a table lock."""
+        for attempt in range(1, self.settings.retries + 2):
+            try:
+                return action()
+            except pg_errors.LockNotAvailable:
+                if attempt > self.settings.retries:
+                    raise MigrationFailed(
+                        f"{what} on {self.where}: a table stayed locked by another session "
+                        f"for {attempt} attempts of {self.settings.lock_timeout:g}s",
+                        hint="something holds a strong lock (a long transaction?); retry later",
+                    ) from None
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+        raise AssertionError("unreachable")
+
+    def _parse(self, migration: MigrationFile) -> list[Statement]:
+        statements = split(migration.read(), file=str(migration.path))
+        if not statements:
+            raise UsageError(f"{migration.path}: the migration is empty")
+        for control in explicit_transaction_control(statements):
+            raise UsageError(
+                f"{migration.path}:{control.line}: migrations must not manage transactions "
+                f"themselves ({control.kind})",
+                hint="remove BEGIN/COMMIT/ROLLBACK: Airlock runs each migration in its own "
+                "transaction",
+            )
+        if any(not s.transactional for s in statements) and len(statements) > 1:
+            lonely = next(s for s in statements if not s.transactional)
+            raise UsageError(
+                f"{migration.path}:{lonely.line}: {lonely.kind} cannot run inside a transaction, "
+                "so it must be alone in its migration file",
+                hint="move it to a migration of its own; then a failure cannot leave the file "
+                "half applied",
+            )
+        return statements
+
+    def _apply(
+        self,
+        conn: psycopg.Connection[Any],
+        migration: MigrationFile,
+        statements: Sequence[Statement],
+        *,
+        collect_locks: bool,
+        step: Step | None = None,
+    ) -> Step:
+        transactional = statements[0].transactional
+        step = step or _step(migration, "applied", statements)
+        step.outcome = "applied"
+        self.progress(f"applying {migration.name}")
+        began = time.monotonic()
+        for attempt in range(1, self.settings.retries + 2):
+            step.attempts = attempt
+            try:
+                if transactional:
+                    step.locks = self._run_in_transaction(
+                        conn, migration, statements, began, collect_locks
+                    )
+                else:
+                    self._run_alone(conn, migration, statements[0], began)
+                break
+            except pg_errors.LockNotAvailable as exc:
+                if attempt > self.settings.retries:
+                    step.outcome, step.error = "failed", _sql_error(migration, None, exc)
+                    raise MigrationFailed(
+                        f"{migration.name}: could not get a lock within "
+                        f"{self.settings.lock_timeout:g}s after {attempt} attempts "
+                        "(rolled back; nothing of it remains)",
+                        hint="something holds a conflicting lock on the table (a long "
+                        "transaction?); retry later or raise database.lock_timeout",
+                        script=migration.name,
+                    ) from None
+                delay = min(0.5 * 2 ** (attempt - 1), 5.0)
+                self.progress(f"{migration.name}: lock timeout, retrying in {delay:g}s")
+                time.sleep(delay)
+            except _StatementFailed as failure:
+                step.outcome, step.error = "failed", failure.message
+                step.seconds = time.monotonic() - began
+                raise MigrationFailed(
+                    failure.message + " (rolled back; nothing of this migration remains)"
+                    if transactional
+                    else failure.message,
+                    hint="fix the migration and run it again",
+                    script=migration.name,
+                ) from None
+        step.seconds = time.monotonic() - began
+        return step
+
+    def _settings_sql(self, local: bool) -> list[str]:
+        scope = "LOCAL " if local else ""
+        return [
+            f"SET {scope}lock_timeout = '{int(self.settings.lock_timeout * 1000)}ms'",
+            f"SET {scope}statement_timeout = '{int(self.settings.statement_timeout * 1000)}ms'",
+        ]
+
+    def _run_in_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        migration: MigrationFile,
+        statements: Sequence[Statement],
+        began: float,
+        collect_locks: bool,
+    ) -> list[str]:
+        locks: list[str] = []
+        with conn.transaction():
+            for setting in self._settings_sql(local=True):
+                conn.execute(setting)
+            for statement in statements:
+                _execute(conn, migration, statement)
+            if collect_locks:
+                locks = held_locks(conn)
+            self._record(conn, migration, began)
+        return locks
+
+    def _run_alone(
+        self,
+        conn: psycopg.Connection[Any],
+        migration: MigrationFile,
+        statement: Statement,
+        began: float,
+    ) -> None:
+        for setting in self._settings_sql(local=False):
+            conn.execute(setting)
+        try:
+            _execute(conn, migration, statement)
+        except BaseException:
+            cleanup_failed_concurrent_index(conn, statement)
+            raise
+        finally:
+            conn.execute("RESET lock_timeout")
+            conn.execute("RESET statement_timeout")
+        self._record(conn, migration, began)
+
+    def _record(
+        self, conn: psycopg.Connection[Any], migration: MigrationFile, began: float
+    ) -> None:
+        conn.execute(
+            f"INSERT INTO {HISTORY_TABLE} (version, description, type, script, checksum, "
+            "applied_by, duration_ms, success, release_id) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "true, %s)",
+            (
+                migration.version_label,
+                migration.description,
+                migration.kind,
+                migration.name,
+                migration.checksum,
+                who(),
+                int((time.monotonic() - began) * 1000),
+                self.release_id,
+            ),
+        )
+
+    # -- undo ----------------------------------------------------------------------------------
+
+    def undo(self, *, steps: int = 1, to: str | None = None) -> Report:
+        """Run U files for the latest applied versions, newest first."""
+        started = time.monotonic()
+        report = Report(database=self.where)
+        with self.session() as conn:
+            migrations = self.migrations()
+            history = self.history(conn)
+            versions, _ = effective(history)
+            applied = sorted(versions, reverse=True)
+            if to is not None:
+                target = parse_version(to)
+                chosen = [v for v in applied if v > target]
+            else:
+                chosen = applied[:steps]
+            if not chosen:
+                return report
+            missing = [version_text(v) for v in chosen if v not in migrations.undo]
+            if missing:
+                raise UsageError(
+                    "no undo file for version(s) " + ", ".join(missing),
+                    hint="write U<version>__<description>.sql files, or restore a snapshot",
+                )
+            for version in chosen:
+                undo_file = migrations.undo[version]
+                statements = self._parse(undo_file)
+                report.steps.append(self._apply(conn, undo_file, statements, collect_locks=False))
+            report.fingerprint = self.record_baseline(conn, "undo")
+        report.seconds = time.monotonic() - started
+        return report
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _StatementFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _execute(conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement) -> None:
+    try:
+        conn.execute(statement.text.encode(), prepare=False)
+    except pg_errors.LockNotAvailable:
+        raise
+    except psycopg.Error as exc:
+        raise _StatementFailed(_sql_error(migration, statement, exc)) from None
+
+
+def _sql_error(migration: MigrationFile, statement: Statement | None, exc: psycopg.Error) -> str:
+    line = statement.line if statement else None
+    diag = exc.diag
+    position = diag.statement_position
+    if statement is not None and position:
+        try:
+            offset = int(position) - 1
+            line = statement.line + statement.text[:offset].count("\n")
+        except ValueError:
+            pass
+    where = f"{migration.path}:{line}" if line else str(migration.path)
+    primary = diag.message_primary or str(exc).strip().splitlines()[0]
+    detail = f" ({diag.message_detail})" if diag.message_detail else ""
+    return f"{where}: {diag.sqlstate or ''} {primary}{detail}".replace("  ", " ")
+
+
+def _step(migration: MigrationFile, outcome: str, statements: Sequence[Statement]) -> Step:
+    return Step(
+        script=migration.name,
+        version=migration.version_label,
+        kind=migration.kind,
+        outcome=outcome,
+        transactional=all(s.transactional for s in statements),
+    )
+
+
+def held_locks(conn: psycopg.Connection[Any]) -> list[str]:
+    """Locks this session holds now, as 'mode on relation'."""
+    rows = conn.execute(
+        "SELECT l.mode, c.relname FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation' "
+        "AND c.relnamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname IN "
+        "('pg_catalog', 'information_schema')) ORDER BY c.relname, l.mode"
+    ).fetchall()
+    return [f"{mode} on {name}" for mode, name in rows if name and not name.startswith("airlock_")]
+
+
+def cleanup_failed_concurrent_index(conn: psycopg.Connection[Any], statement: Statement) -> None:
+    """A failed ``CREATE INDEX CONCURRENTLY`` leaves an INVALID index behind: drop it."""
+    if statement.kind != "IndexStmt":
+        return
+    name = getattr(statement.node, "idxname", None)
+    if not name:
+        return
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND NOT i.indisvalid",
+        (name,),
+    ).fetchone()
+    if row is not None:
+        conn.execute(
+            pg_sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                pg_sql.Identifier(row[0]), pg_sql.Identifier(row[1])
+            )
+        )
+
+
+def drift_finding(schema_diff: SchemaDiff, where: str) -> Finding:
+    lines = schema_diff.lines()
+    return Finding(
+        "migration.drift",
+        Severity.ERROR,
+        f"the schema of {where} was changed outside Airlock:\n    " + "\n    ".join(lines),
+        None,
+        hint="find out who changed it; then either revert the change, or accept it with "
+        "`airlock db drift --accept --reason '…'`",
+        evidence={
+            "added": schema_diff.added,
+            "removed": schema_diff.removed,
+            "changed": schema_diff.changed,
+        },
+    )
+
+
+def _refusal(summary: str, findings: Sequence[Finding]) -> GateFailed:
+    lines = [f"  {f.code}: {f.message}" for f in findings if f.severity is Severity.ERROR]
+    hints = {f.hint for f in findings if f.hint}
+    return GateFailed(
+        f"{summary}; nothing was migrated:\n" + "\n".join(lines),
+        hint="; ".join(sorted(hints)) if hints else None,
+    )

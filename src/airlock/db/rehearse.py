@@ -1,0 +1,166 @@
+"""Rehearsal (INC04): run the pending migrations on a clone of the target database first.
+
+The clone is made one of two ways:
+
+- ``template``: ``CREATE DATABASE clone TEMPLATE target`` — a file-level copy inside the server,
+  by far the faster, but PostgreSQL only allows it while nobody else is connected to the target
+  (and it keeps new connections out while it copies), so it is only safe on an idle database;
+- ``dump``: ``pg_dump | pg_restore`` streamed between the two databases — slower, but works
+  while the application is connected and blocks nobody.
+
+``auto`` (the default) uses the template copy when the target has no other sessions, else the
+dump. The report gives the method and how long the clone took, then each migration's duration,
+result and the locks it took; the clone is always dropped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from psycopg import sql
+
+from airlock.db.backup import pg_tool
+from airlock.db.connect import connect, database_name, display_url, password_of, with_database
+from airlock.db.migrate import MigrationFailed, Migrator, Report
+from airlock.db.target import Target
+from airlock.errors import AirlockError, GateFailed
+
+Method = Literal["auto", "template", "dump"]
+
+
+@dataclass
+class Rehearsal:
+    """What a rehearsal did and found."""
+
+    database: str
+    clone_method: str
+    clone_seconds: float
+    report: Report
+    error: str | None = None
+    dropped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.report.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "ok": self.ok,
+            "clone_method": self.clone_method,
+            "clone_seconds": round(self.clone_seconds, 3),
+            "error": self.error,
+            "clone_dropped": self.dropped,
+            **{k: v for k, v in self.report.to_dict().items() if k != "database"},
+        }
+
+
+def other_sessions(url: str) -> int:
+    with connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def clone(url: str, name: str, method: Method = "auto") -> tuple[str, float]:
+    """Copy the database at ``url`` into a new database ``name``; (method used, seconds)."""
+    source = database_name(url)
+    chosen = method
+    if method == "auto":
+        chosen = "template" if other_sessions(url) == 0 else "dump"
+    started = time.monotonic()
+    admin = with_database(url, "postgres")
+    with connect(admin, autocommit=True) as conn:
+        if chosen == "template":
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(source)
+                )
+            )
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if chosen == "dump":
+        _dump_restore(url, with_database(url, name))
+    return chosen, time.monotonic() - started
+
+
+def _dump_restore(source_url: str, target_url: str) -> None:
+    env = {"PGPASSWORD": password_of(source_url) or "", "PATH": "/usr/bin:/bin"}
+    dump = subprocess.Popen(
+        [
+            str(pg_tool("pg_dump")),
+            "--format=custom",
+            "--no-owner",
+            f"--dbname={_no_password(source_url)}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    restore = subprocess.run(
+        [
+            str(pg_tool("pg_restore")),
+            "--no-owner",
+            "--exit-on-error",
+            f"--dbname={_no_password(target_url)}",
+        ],
+        stdin=dump.stdout,
+        capture_output=True,
+        env={**env, "PGPASSWORD": password_of(target_url) or ""},
+        check=False,
+    )
+    assert dump.stdout is not None
+    dump.stdout.close()
+    _, dump_err = dump.communicate()
+    if dump.returncode != 0 or restore.returncode != 0:
+        message = (dump_err or restore.stderr).decode(errors="replace").strip()[-500:]
+        raise AirlockError(
+            f"cloning {display_url(source_url)} for the rehearsal failed: {message}",
+            hint="check that the database is reachable and the user may dump it",
+        )
+
+
+def _no_password(url: str) -> str:
+    password = password_of(url)
+    return url.replace(f":{password}@", "@", 1) if password else url
+
+
+def drop(url: str, name: str) -> None:
+    with connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def rehearse(target: Target, *, method: Method = "auto") -> Rehearsal:
+    """Clone the target, apply its pending migrations there, report, drop the clone."""
+    name = f"airlock_rehearsal_{secrets.token_hex(4)}"
+    folder = target.require_migrations()
+    chosen, seconds = clone(target.url, name, method)
+    clone_url = with_database(target.url, name)
+    rehearsal = Rehearsal(
+        database=target.display,
+        clone_method=chosen,
+        clone_seconds=seconds,
+        report=Report(database=display_url(clone_url)),
+    )
+    try:
+        migrator = Migrator(clone_url, folder, settings=target.settings)
+        try:
+            rehearsal.report = migrator.migrate(collect_locks=True)
+        except MigrationFailed as exc:
+            rehearsal.error = exc.message
+            rehearsal.report = migrator.last_report or rehearsal.report
+        except GateFailed as exc:
+            rehearsal.error = exc.message
+    finally:
+        drop(target.url, name)
+        rehearsal.dropped = True
+    return rehearsal

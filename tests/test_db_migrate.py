@@ -1,0 +1,362 @@
+"""Migrations against a real PostgreSQL: order, history, validation, locks, failures, drift."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from airlock.db.files import checksum, discover, parse_version
+from airlock.db.migrate import (
+    HISTORY_TABLE,
+    MigrationFailed,
+    MigrationLockTimeout,
+    Migrator,
+    Settings,
+)
+from airlock.db.sql import MigrationSyntaxError
+from airlock.errors import GateFailed, UsageError
+
+from .conftest import airlock
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def schema_dump(url: str) -> str:
+    """Every user table, column and index, as text: enough to see any change."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name, data_type, column_default, is_nullable "
+            "FROM information_schema.columns WHERE table_schema = 'public' "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexdef"
+        ).fetchall()
+    return json.dumps([list(map(str, r)) for r in rows + indexes])
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    migrations = tmp_path / "migrations"
+    write(
+        migrations,
+        "V1__accounts.sql",
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);\n",
+    )
+    write(
+        migrations, "V2__audit.sql", "CREATE TABLE audit (id bigserial PRIMARY KEY, note text);\n"
+    )
+    return migrations
+
+
+def test_versions_order_numerically_and_trailing_zeros_do_not_count(tmp_path: Path) -> None:
+    """1 < 1.1 < 2 < 10, and 1.0 is the same version as 1."""
+    for name in ("V10__x.sql", "V2__x.sql", "V1.1__x.sql", "V1__x.sql"):
+        write(tmp_path, name, "SELECT 1;")
+    assert [m.version for m in discover(tmp_path).versioned] == [(1,), (1, 1), (2,), (10,)]
+    assert parse_version("1.0") == parse_version("1")
+    write(tmp_path, "V1.0__again.sql", "SELECT 1;")
+    with pytest.raises(UsageError) as info:
+        discover(tmp_path)
+    assert "version 1 is already used by" in str(info.value)
+
+
+def test_checksums_ignore_line_endings_and_trailing_spaces() -> None:
+    """Re-saving a file with CRLF or trailing blanks is not an edit."""
+    assert checksum("SELECT 1;  \r\nSELECT 2;\r\n\r\n") == checksum("SELECT 1;\nSELECT 2;\n")
+    assert checksum("SELECT 1;") != checksum("SELECT 2;")
+
+
+def test_bad_names_are_refused(tmp_path: Path) -> None:
+    """A file that is not V/U/R-named is reported with the naming rule."""
+    write(tmp_path, "V1_accounts.sql", "SELECT 1;")
+    with pytest.raises(UsageError) as info:
+        discover(tmp_path)
+    assert "V<version>__<description>.sql" in str(info.value)
+
+
+def test_migrate_applies_in_order_and_records_history(pg_url: str, folder: Path) -> None:
+    """Pending migrations run in order, each recorded with checksum, who, when and duration."""
+    report = Migrator(pg_url, folder).migrate()
+    assert [s.script for s in report.steps] == ["V1__accounts.sql", "V2__audit.sql"]
+    assert report.ok and report.fingerprint
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            f"SELECT version, script, checksum, success, applied_by, duration_ms "
+            f"FROM {HISTORY_TABLE} ORDER BY installed_rank"
+        ).fetchall()
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("1", "V1__accounts.sql", True),
+        ("2", "V2__audit.sql", True),
+    ]
+    assert rows[0][2] == checksum((folder / "V1__accounts.sql").read_text())
+    assert all("@" in r[4] and r[5] >= 0 for r in rows)
+    assert Migrator(pg_url, folder).migrate().steps == []
+
+
+def test_an_edited_migration_is_refused_naming_both_checksums(pg_url: str, folder: Path) -> None:
+    """Changing an applied file refuses the next run with migration.edited."""
+    Migrator(pg_url, folder).migrate()
+    before = checksum((folder / "V1__accounts.sql").read_text())
+    write(folder, "V1__accounts.sql", "CREATE TABLE accounts (id bigint PRIMARY KEY);\n")
+    write(folder, "V3__more.sql", "CREATE TABLE more (id int PRIMARY KEY);\n")
+    with pytest.raises(GateFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    text = str(info.value)
+    assert "migration.edited" in text and "V1__accounts.sql" in text
+    assert before[:12] in text
+    assert "more" not in schema_dump(pg_url)
+
+
+def test_a_missing_applied_file_is_refused(pg_url: str, folder: Path) -> None:
+    """Deleting an applied migration's file refuses the next run with migration.missing."""
+    Migrator(pg_url, folder).migrate()
+    (folder / "V2__audit.sql").unlink()
+    with pytest.raises(GateFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "migration.missing" in str(info.value) and "V2__audit.sql" in str(info.value)
+
+
+def test_out_of_order_is_refused_unless_allowed(pg_url: str, folder: Path) -> None:
+    """A pending version below the latest applied needs --allow-out-of-order."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V1.5__late.sql", "CREATE TABLE late (id int PRIMARY KEY);\n")
+    with pytest.raises(GateFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "migration.out-of-order" in str(info.value)
+    report = Migrator(pg_url, folder, settings=Settings(allow_out_of_order=True)).migrate()
+    assert [s.script for s in report.steps] == ["V1.5__late.sql"]
+
+
+def test_a_failure_halfway_rolls_the_migration_back(pg_url: str, folder: Path) -> None:
+    """The second statement fails: the first is rolled back too, and the error names the line."""
+    Migrator(pg_url, folder).migrate()
+    before = schema_dump(pg_url)
+    write(
+        folder,
+        "V3__broken.sql",
+        "ALTER TABLE accounts ADD COLUMN status text;\n\nINSERT INTO nowhere VALUES (1);\n",
+    )
+    with pytest.raises(MigrationFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    message = str(info.value)
+    assert "V3__broken.sql:3" in message and "42P01" in message and "nowhere" in message
+    assert "rolled back" in message
+    assert schema_dump(pg_url) == before
+    history = Migrator(pg_url, folder).status()
+    assert [p["script"] for p in history["pending"]] == ["V3__broken.sql"]
+
+
+def test_a_syntax_error_names_file_and_line(pg_url: str, folder: Path) -> None:
+    """A migration that does not parse is refused before anything runs."""
+    write(folder, "V3__typo.sql", "SELECT 1;\nCREAT TABLE x (id int);\n")
+    with pytest.raises(MigrationSyntaxError) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "V3__typo.sql:2" in str(info.value)
+    assert "accounts" not in schema_dump(pg_url)
+
+
+def test_a_second_migrator_waits_then_names_the_holder(pg_url: str, folder: Path) -> None:
+    """While one migrator holds the lock, another gives up after lock_wait, naming it."""
+    first = Migrator(pg_url, folder)
+    with first.session():
+        second = Migrator(pg_url, folder, settings=Settings(lock_wait=0.5))
+        started = time.monotonic()
+        with pytest.raises(MigrationLockTimeout) as info:
+            second.migrate()
+        assert time.monotonic() - started >= 0.5
+    assert "airlock migrate" in str(info.value) and "backend pid" in str(info.value)
+    assert Migrator(pg_url, folder).migrate().ok
+
+
+def test_lock_timeout_is_retried(pg_url: str, folder: Path) -> None:
+    """A table lock held by someone else makes the migration wait briefly and retry."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V3__status.sql", "ALTER TABLE accounts ADD COLUMN status text;\n")
+    blocker = psycopg.connect(pg_url)
+
+    def lock_the_table(_pending: object) -> None:
+        blocker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        threading.Timer(1.0, blocker.rollback).start()
+
+    try:
+        settings = Settings(lock_timeout=0.2, retries=5)
+        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=lock_the_table)
+    finally:
+        time.sleep(0.1)
+        blocker.close()
+    [step] = report.steps
+    assert step.outcome == "applied" and step.attempts > 1
+
+
+def test_lock_timeout_gives_up_cleanly(pg_url: str, folder: Path) -> None:
+    """When the lock never comes, the migration fails after its retries and leaves nothing."""
+    Migrator(pg_url, folder).migrate()
+    before = schema_dump(pg_url)
+    write(folder, "V3__status.sql", "ALTER TABLE accounts ADD COLUMN status text;\n")
+    with psycopg.connect(pg_url) as blocker:
+
+        def lock_the_table(_pending: object) -> None:
+            blocker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+
+        settings = Settings(lock_timeout=0.1, retries=1)
+        with pytest.raises(MigrationFailed) as info:
+            Migrator(pg_url, folder, settings=settings).migrate(before_apply=lock_the_table)
+        blocker.rollback()
+    assert "could not get a lock" in str(info.value)
+    assert schema_dump(pg_url) == before
+
+
+def test_reading_the_schema_does_not_wait_forever(pg_url: str, folder: Path) -> None:
+    """A table locked during the drift check makes it fail after retries, not hang."""
+    Migrator(pg_url, folder).migrate()
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(MigrationFailed) as info:
+            Migrator(pg_url, folder, settings=Settings(lock_timeout=0.1, retries=1)).migrate()
+    assert "stayed locked" in str(info.value)
+
+
+def test_concurrent_index_runs_outside_a_transaction(pg_url: str, folder: Path) -> None:
+    """CREATE INDEX CONCURRENTLY alone in its file is applied in autocommit."""
+    write(
+        folder,
+        "V3__index.sql",
+        "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance);\n",
+    )
+    report = Migrator(pg_url, folder).migrate()
+    assert report.steps[-1].transactional is False
+    assert "accounts_balance" in schema_dump(pg_url)
+
+
+def test_concurrent_index_must_be_alone(pg_url: str, folder: Path) -> None:
+    """Mixing a non-transactional statement with others in one file is refused up front."""
+    write(
+        folder,
+        "V3__mixed.sql",
+        "ALTER TABLE accounts ADD COLUMN note text;\n"
+        "CREATE INDEX CONCURRENTLY accounts_note ON accounts (note);\n",
+    )
+    with pytest.raises(UsageError) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "must be alone" in str(info.value) and "V3__mixed.sql:2" in str(info.value)
+
+
+def test_a_failed_concurrent_index_leaves_no_invalid_index(pg_url: str, folder: Path) -> None:
+    """A unique concurrent build on duplicate data fails, and its invalid index is dropped."""
+    Migrator(pg_url, folder).migrate()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO accounts VALUES (1, 5), (2, 5)")
+    before = schema_dump(pg_url)
+    write(
+        folder,
+        "V3__unique.sql",
+        "CREATE UNIQUE INDEX CONCURRENTLY accounts_balance_key ON accounts (balance);\n",
+    )
+    with pytest.raises(MigrationFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "23505" in str(info.value)
+    assert schema_dump(pg_url) == before
+
+
+def test_drift_is_refused_listing_objects_and_can_be_accepted(pg_url: str, folder: Path) -> None:
+    """A hand-made change blocks the next migrate, naming it; accepting records a new baseline."""
+    Migrator(pg_url, folder).migrate()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("ALTER TABLE accounts ADD COLUMN hotfix text")
+        conn.execute("CREATE INDEX accounts_hotfix ON accounts (hotfix)")
+    write(folder, "V3__more.sql", "CREATE TABLE more (id int PRIMARY KEY);\n")
+    with pytest.raises(GateFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    text = str(info.value)
+    assert "migration.drift" in text and "hotfix" in text and "accounts_hotfix" in text
+    assert "more" not in schema_dump(pg_url)
+    drift = Migrator(pg_url, folder).drift()
+    assert drift is not None and not drift.empty
+    with pytest.raises(UsageError):
+        Migrator(pg_url, folder).accept_drift("  ")
+    Migrator(pg_url, folder).accept_drift("hotfix INC-42, kept")
+    assert Migrator(pg_url, folder).migrate().steps[-1].script == "V3__more.sql"
+    with psycopg.connect(pg_url) as conn:
+        reason = conn.execute(
+            "SELECT reason FROM airlock_schema_baseline WHERE kind = 'accept-drift'"
+        ).fetchone()
+    assert reason == ("hotfix INC-42, kept",)
+
+
+def test_undo_runs_u_files_newest_first(pg_url: str, folder: Path) -> None:
+    """`undo` runs the U file of the latest version, which is then pending again."""
+    write(folder, "U2__audit.sql", "DROP TABLE audit;\n")
+    Migrator(pg_url, folder).migrate()
+    report = Migrator(pg_url, folder).undo()
+    assert [s.script for s in report.steps] == ["U2__audit.sql"]
+    assert "audit" not in schema_dump(pg_url)
+    status = Migrator(pg_url, folder).status()
+    assert [p["script"] for p in status["pending"]] == ["V2__audit.sql"]
+    with pytest.raises(UsageError) as info:
+        Migrator(pg_url, folder).undo()
+    assert "no undo file for version(s) 1" in str(info.value)
+
+
+def test_repeatable_migrations_rerun_when_changed(pg_url: str, folder: Path) -> None:
+    """An R file runs after versioned ones, again only when its content changes."""
+    write(
+        folder,
+        "R__views.sql",
+        "CREATE OR REPLACE VIEW rich AS SELECT id FROM accounts WHERE balance > 100;\n",
+    )
+    assert Migrator(pg_url, folder).migrate().steps[-1].script == "R__views.sql"
+    assert Migrator(pg_url, folder).migrate().steps == []
+    write(
+        folder,
+        "R__views.sql",
+        "CREATE OR REPLACE VIEW rich AS SELECT id FROM accounts WHERE balance > 1000;\n",
+    )
+    assert [s.script for s in Migrator(pg_url, folder).migrate().steps] == ["R__views.sql"]
+
+
+def test_standalone_cli_migrate_and_status(pg_url: str, folder: Path, tmp_path: Path) -> None:
+    """`airlock db migrate --database-url … --migrations …` works without a project."""
+    args = ["--database-url", pg_url, "--migrations", str(folder), "--format", "json"]
+    dry = airlock("db", "migrate", *args, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert [s["outcome"] for s in json.loads(dry.stdout)["steps"]] == ["planned", "planned"]
+    applied = airlock("db", "migrate", *args, cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    status = json.loads(airlock("db", "status", *args, cwd=tmp_path).stdout)
+    assert [a["version"] for a in status["applied"]] == ["1", "2"]
+    password = psycopg.conninfo.conninfo_to_dict(pg_url)["password"]
+    for text in (dry.stdout, applied.stdout, applied.stderr):
+        assert str(password) not in text
+
+
+def test_unreachable_database_and_wrong_password(folder: Path, tmp_path: Path, pg_url: str) -> None:
+    """A server that is not there is exit 1; refused credentials are exit 2; neither a traceback."""
+    down = airlock(
+        "db",
+        "status",
+        "--database-url",
+        "postgresql://u:p@127.0.0.1:9/x",
+        "--migrations",
+        str(folder),
+        cwd=tmp_path,
+    )
+    assert down.returncode == 1 and "cannot reach PostgreSQL" in down.stderr
+    assert "Traceback" not in down.stderr
+    password = str(psycopg.conninfo.conninfo_to_dict(pg_url)["password"])
+    wrong = pg_url.replace(f":{password}@", f":x{password}x@", 1)
+    refused = airlock(
+        "db", "status", "--database-url", wrong, "--migrations", str(folder), cwd=tmp_path
+    )
+    assert refused.returncode == 2 and "refused the credentials" in refused.stderr
+    assert f"x{password}x" not in refused.stderr and password not in refused.stderr
