@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,19 @@ def test_plan_command_json_shows_waves_and_masks_secrets(phoenix: Path) -> None:
     assert "phoenix-test-secret-3f9a1c" not in result.stdout
     unknown = airlock("plan", "nowhere", cwd=phoenix)
     assert unknown.returncode == 2 and "no environment 'nowhere'" in unknown.stderr
+
+
+def test_plan_lists_pending_migrations_with_lint_findings(phoenix: Path) -> None:
+    """With a database, the plan names the migrations a deploy would apply first."""
+    migration = phoenix / "db" / "migrations" / "V1.1__index.sql"
+    migration.write_text("CREATE INDEX accounts_balance ON accounts (balance);\n")
+    api.build(phoenix, "v1")
+    result = airlock("plan", "staging", "--format", "json", cwd=phoenix)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [m["script"] for m in data["migrations"]] == [
+        "V1__initial_schema.sql", "V1.1__index.sql"]
+    # accounts is created by the pending V1, so indexing it normally is fine
+    assert data["migration_findings"] == []
+    text = airlock("plan", "staging", cwd=phoenix)
+    assert "V1.1__index.sql" in text.stdout

@@ -6,6 +6,7 @@ Functions take ``project``: the path of ``airlock.yaml`` or of the folder holdin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,31 @@ def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     root = project_at(project).root
     bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
     with open_state(root) as store:
-        return planned(bundle, env, store)
+        result = planned(bundle, env, store)
+    sealed = bundle.project
+    if (
+        sealed.database is None
+        or not sealed.database.migrations
+        or sealed.environments[env].database is None
+    ):
+        return result
+    from airlock.db import api as db
+    from airlock.db.target import resolve
+
+    target = resolve(
+        project=sealed,
+        env=env,
+        database_url=None,
+        migrations=bundle.files_dir / sealed.database.migrations,
+        state_root=root,
+    )
+    pending = db.status(target)["pending"]
+    findings = db.lint(target)
+    return dataclasses.replace(
+        result,
+        migrations=tuple(pending),
+        migration_findings=tuple(f.to_dict() for f in findings),
+    )
 
 
 def deploy(

@@ -220,6 +220,14 @@ def plan(
     for service in result.services:
         table.add_row(service.name, service.action, service.reason)
     console.print(table)
+    if result.migrations:
+        console.print("  migrations to apply first:")
+        for migration in result.migrations:
+            console.print(f"    {migration['script']}")
+        for finding in result.migration_findings:
+            location = finding.get("location") or {}
+            where = f"{Path(str(location.get('file', ''))).name}:{location.get('line')}"
+            console.print(f"    [yellow]{finding['code']}[/] {where}: {escape(finding['message'])}")
     for service in result.changed:
         for change in service.config_changes:
             old = "" if change.old is None else f"{change.old} → "

@@ -185,6 +185,10 @@ class Plan:
     bake_seconds: float
     max_parallel: int | None
     ready_timeouts: Mapping[str, float] = field(default_factory=dict)
+    # Pending migrations ({"script", "version", "kind"}) and their lint findings (as dicts),
+    # filled in when the environment has a database.
+    migrations: tuple[Mapping[str, Any], ...] = ()
+    migration_findings: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def changed(self) -> list[ServicePlan]:
@@ -218,6 +222,8 @@ class Plan:
         data = asdict(self)
         data["waves"] = [list(w) for w in self.waves]
         data["ready_timeouts"] = dict(self.ready_timeouts)
+        data["migrations"] = [dict(m) for m in self.migrations]
+        data["migration_findings"] = [dict(f) for f in self.migration_findings]
         for service in data["services"]:
             service["reason"] = self.service(service["name"]).reason
         return data

@@ -340,6 +340,8 @@ class EmbeddedServer:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None
+        if pid <= 0:  # a negative pid is a single-user backend (initdb at work), not a server
+            return None
         try:
             process = psutil.Process(pid)
             if "postgres" not in process.name() or process.status() == psutil.STATUS_ZOMBIE:
