@@ -1,4 +1,4 @@
-"""How long does a migration stall the application's writes? Naive SQL against the linter's safe form.
+"""How long does a migration stall the application's writes? Naive SQL vs the safe form.
 
     python benchmarks/migration_locks.py --rows 1000000
 
@@ -114,14 +114,17 @@ class Writer:
                     "INSERT INTO orders (id, customer, amount) VALUES (%s, 1, 1)", (self.next_id,)
                 )
                 conn.execute(
-                    "UPDATE orders SET amount = amount + 1 WHERE id = %s", (self.next_id % 1000 + 1,)
+                    "UPDATE orders SET amount = amount + 1 WHERE id = %s",
+                    (self.next_id % 1000 + 1,),
                 )
                 self.latencies.append((started, time.monotonic() - started))
                 time.sleep(0.005)
 
     def window(self, start: float, end: float) -> dict[str, Any]:
         inside = [
-            seconds for began, seconds in self.latencies if began + seconds >= start and began <= end
+            seconds
+            for began, seconds in self.latencies
+            if began + seconds >= start and began <= end
         ]
         if not inside:
             return {"operations": 0, "longest_stall_seconds": None, "p99_ms": None}
@@ -138,10 +141,28 @@ class Writer:
 def migrate(url: str, folder: Path) -> float:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "airlock.cli", "db", "migrate", "--database-url", url,
-         "--migrations", str(folder), "--no-lint", "--lock-timeout", "10",
-         "--statement-timeout", "0", "--format", "json"],
-        capture_output=True, text=True, check=False, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "airlock.cli",
+            "db",
+            "migrate",
+            "--database-url",
+            url,
+            "--migrations",
+            str(folder),
+            "--no-lint",
+            "--lock-timeout",
+            "10",
+            "--statement-timeout",
+            "0",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ.copy(),
     )
     if result.returncode != 0:
         raise SystemExit(f"airlock db migrate failed:\n{result.stderr}")
@@ -179,7 +200,9 @@ def run(rows: int, batch: int) -> dict[str, Any]:
                     admin.execute(f"CREATE DATABASE {path}")
                 url = info.url(path)
                 folder = Path(tmp) / path
-                write(folder, {"V1__setup.sql": SETUP.format(rows=rows, customers=max(rows // 10, 1))})
+                write(
+                    folder, {"V1__setup.sql": SETUP.format(rows=rows, customers=max(rows // 10, 1))}
+                )
                 migrate(url, folder)
                 with Writer(url, first_id=rows * 2) as writer:
                     time.sleep(1.0)

@@ -66,7 +66,10 @@ def test_a_killed_airlock_leaves_nothing_behind_after_the_next_command(
     (project / "db" / "V2__slow.sql").write_text("SELECT pg_sleep(30);\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "airlock.cli", "db", "migrate", "staging", "--no-lint"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
     )
     server = embedded_server(project, "staging")
     deadline = time.monotonic() + 60
@@ -103,8 +106,9 @@ def test_running_as_root_touches_no_parent_folder(tmp_path: Path) -> None:
     home = tmp_path / "private" / "state" / "postgres"
     home.parent.mkdir(parents=True)
     (tmp_path / "private").chmod(0o700)
-    before = {p: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path, tmp_path / "private",
-                                                           home.parent)}
+    before = {
+        p: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path, tmp_path / "private", home.parent)
+    }
     server = EmbeddedServer(home, fast=True)
     try:
         info = server.ensure_running()

@@ -24,6 +24,12 @@ def test_demo_runs_from_any_folder_and_cleans_up(tmp_path: Path) -> None:
         "rolled_back",
     ]
     assert steps["deploy v1 to staging"]["release"] == steps["promote v1 to production"]["release"]
+    assert [s["migrations"] for s in summary["steps"]] == [
+        ["V1__initial_schema.sql"],
+        ["V1__initial_schema.sql"],
+        ["V2__payment_fee_and_currency.sql"],
+        [],
+    ]
     assert steps["deploy bad v3 to production"]["reason"].startswith("payment: not ready")
     upgrade, rollback = steps["upgrade production to v2"], steps["deploy bad v3 to production"]
     assert upgrade["served"] > 0 and rollback["served"] > 0

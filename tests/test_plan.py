@@ -139,7 +139,9 @@ def test_plan_lists_pending_migrations_with_lint_findings(phoenix: Path) -> None
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [m["script"] for m in data["migrations"]] == [
-        "V1__initial_schema.sql", "V1.1__index.sql"]
+        "V1__initial_schema.sql",
+        "V1.1__index.sql",
+    ]
     # accounts is created by the pending V1, so indexing it normally is fine
     assert data["migration_findings"] == []
     text = airlock("plan", "staging", cwd=phoenix)

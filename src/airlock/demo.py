@@ -56,6 +56,7 @@ class Step:
     served: int = 0
     failed: int = 0
     rollback_seconds: float | None = None
+    migrations: list[str] = field(default_factory=list)
     reason: str | None = None
     failure_samples: list[str] = field(default_factory=list)
 
@@ -216,11 +217,12 @@ def _record(step: Step, result: DeployResult) -> None:
     step.outcome = result.outcome
     step.reason = result.reason
     step.rollback_seconds = result.rollback_seconds
+    step.migrations = list(result.migrations)
 
 
 def render_summary(summary: DemoSummary, console: Console) -> None:
     table = Table(title="Airlock demo", title_justify="left")
-    for column in ("step", "release", "result", "seconds", "requests served", "failed"):
+    for column in ("step", "release", "migrations", "result", "seconds", "served", "failed"):
         table.add_column(column)
     for step in summary.steps:
         colour = "green" if step.ok else "red"
@@ -230,6 +232,7 @@ def render_summary(summary: DemoSummary, console: Console) -> None:
         table.add_row(
             step.name,
             f"{step.version} {step.release[:8]}",
+            ", ".join(m.split("__")[0] for m in step.migrations) or "-",
             f"[{colour}]{result}[/]",
             f"{step.seconds:.1f}",
             str(step.served),

@@ -105,6 +105,7 @@ class DeployResult:
     started: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     endpoints: dict[str, str] = field(default_factory=dict)
+    migrations: list[str] = field(default_factory=list)  # applied by this release
 
     @property
     def rollback_seconds(self) -> float | None:
@@ -232,6 +233,7 @@ class _Drive:
         self.project_root = project_root
         self.resolved: dict[str, dict[str, str]] = {}
         self.database_url: str | None = None
+        self.migrations_applied: list[str] = []
         self.ports: dict[str, int] = {}
         self.instances: dict[str, str] = {}  # service -> new instance id
         self.last_probe: dict[str, str] = {}
@@ -547,6 +549,7 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     summary = outcome.to_dict()
     drive.store.journal(drive.deployment_id, "migration", summary)
     applied = [s["script"] for s in summary["steps"] if s["outcome"] == "applied"]
+    drive.migrations_applied = applied
     drive._emit(
         "migrate",
         None,
@@ -711,6 +714,7 @@ def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         started=[s.name for s in drive.plan.services if s.action == "start"],
         kept=[s.name for s in drive.plan.services if s.action == "keep"],
         endpoints={name: f"http://127.0.0.1:{port}" for name, port in drive.ports.items()},
+        migrations=drive.migrations_applied,
     )
     drive._emit("done", None, f"{kind} {result.outcome}")
     return result

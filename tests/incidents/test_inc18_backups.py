@@ -37,24 +37,47 @@ def test_every_backup_is_restored_and_verified_before_it_counts(
     fill(pg_url)
     output = tmp_path / "events.albk"
     env = {"BACKUP_KEY": KEY}
-    made = airlock("db", "backup", "--database-url", pg_url, "--output", str(output),
-                   "--key-env", "BACKUP_KEY", "--format", "json", cwd=tmp_path, env=env)
+    made = airlock(
+        "db",
+        "backup",
+        "--database-url",
+        pg_url,
+        "--output",
+        str(output),
+        "--key-env",
+        "BACKUP_KEY",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env=env,
+    )
     assert made.returncode == 0, made.stderr
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert sidecar["verified"] is True
     assert output.stat().st_size > 2 * (1 << 20)  # several 1 MiB chunks
     assert b"CREATE TABLE" not in output.read_bytes()  # nothing readable
     assert KEY not in output.with_suffix(".json").read_text() + made.stdout + made.stderr
-    assert not [d for d in databases(pg_server) if d not in {"postgres", "template0",
-                                                               "template1"} and
-                d != pg_url.rsplit("/", 1)[1]]
+    assert not [
+        d
+        for d in databases(pg_server)
+        if d not in {"postgres", "template0", "template1"} and d != pg_url.rsplit("/", 1)[1]
+    ]
 
     fresh = pg_url.rsplit("/", 1)[0] + "/restored_inc18"
     with psycopg.connect(pg_server.url(), autocommit=True) as admin:
         admin.execute("CREATE DATABASE restored_inc18")
     try:
-        restored = airlock("db", "restore", str(output), "--database-url", fresh,
-                           "--key-env", "BACKUP_KEY", cwd=tmp_path, env=env)
+        restored = airlock(
+            "db",
+            "restore",
+            str(output),
+            "--database-url",
+            fresh,
+            "--key-env",
+            "BACKUP_KEY",
+            cwd=tmp_path,
+            env=env,
+        )
         assert restored.returncode == 0, restored.stderr
         assert full_dump(fresh) == full_dump(pg_url)
     finally:
@@ -69,8 +92,21 @@ def test_a_damaged_backup_or_wrong_key_is_refused_and_changes_nothing(
     fill(pg_url)
     output = tmp_path / "events.albk"
     env = {"BACKUP_KEY": KEY}
-    assert airlock("db", "backup", "--database-url", pg_url, "--output", str(output),
-                   "--key-env", "BACKUP_KEY", cwd=tmp_path, env=env).returncode == 0
+    assert (
+        airlock(
+            "db",
+            "backup",
+            "--database-url",
+            pg_url,
+            "--output",
+            str(output),
+            "--key-env",
+            "BACKUP_KEY",
+            cwd=tmp_path,
+            env=env,
+        ).returncode
+        == 0
+    )
     with psycopg.connect(pg_url) as conn:
         conn.execute("DELETE FROM events WHERE id > 39990")
     before = full_dump(pg_url)
@@ -89,15 +125,34 @@ def test_a_damaged_backup_or_wrong_key_is_refused_and_changes_nothing(
         (truncated, "truncated", {"BACKUP_KEY": KEY}),
         (output, "another key", {"BACKUP_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}),
     ):
-        result = airlock("db", "restore", str(path), "--database-url", pg_url, "--force",
-                         "--key-env", "BACKUP_KEY", cwd=tmp_path, env=key_env)
+        result = airlock(
+            "db",
+            "restore",
+            str(path),
+            "--database-url",
+            pg_url,
+            "--force",
+            "--key-env",
+            "BACKUP_KEY",
+            cwd=tmp_path,
+            env=key_env,
+        )
         assert result.returncode in (1, 2), result.stderr
         assert needle in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert full_dump(pg_url) == before
 
-    refused = airlock("db", "restore", str(output), "--database-url", pg_url,
-                      "--key-env", "BACKUP_KEY", cwd=tmp_path, env=env)
+    refused = airlock(
+        "db",
+        "restore",
+        str(output),
+        "--database-url",
+        pg_url,
+        "--key-env",
+        "BACKUP_KEY",
+        cwd=tmp_path,
+        env=env,
+    )
     assert refused.returncode == 2
     assert "10 rows removed" in refused.stderr and "--force" in refused.stderr
     assert full_dump(pg_url) == before
