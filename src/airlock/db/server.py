@@ -217,6 +217,13 @@ class EmbeddedServer:
             info = self.running()
             if info is not None:
                 return info
+            if self._postmaster(ready=False) is not None:
+                # A server on this data folder is starting or stopping: give it time.
+                deadline = time.monotonic() + START_TIMEOUT
+                while time.monotonic() < deadline and self._postmaster(ready=False):
+                    if (info := self.running()) is not None:
+                        return info
+                    time.sleep(0.1)
             self._prepare()
             state = self._read_state()
             if state is None or not (self.data_dir / "PG_VERSION").exists():
@@ -255,7 +262,7 @@ class EmbeddedServer:
     def stop(self) -> bool:
         """Stop the server (a fast shutdown); whether one was running."""
         with self._locked():
-            postmaster = self._postmaster()
+            postmaster = self._postmaster(ready=False)
             if postmaster is None:
                 return False
             pid, _port = postmaster
@@ -333,12 +340,16 @@ class EmbeddedServer:
         self._write_state(state)
         return state
 
-    def _postmaster(self) -> tuple[int, int] | None:
-        """(pid, port) from ``postmaster.pid`` when that process is alive and is postgres."""
+    def _postmaster(self, *, ready: bool = True) -> tuple[int, int] | None:
+        """(pid, port) from ``postmaster.pid`` when that process is alive, is postgres and
+        accepts connections."""
         try:
             lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
             pid, port = int(lines[0]), int(lines[3])
+            status = lines[7].strip() if len(lines) > 7 else ""
         except (OSError, ValueError, IndexError):
+            return None
+        if ready and status != "ready":  # still starting, or stopping
             return None
         if pid <= 0:  # a negative pid is a single-user backend (initdb at work), not a server
             return None
