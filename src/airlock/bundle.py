@@ -71,7 +71,13 @@ def _sources(project: Project) -> dict[str, list[str]]:
     sources: dict[str, list[str]] = {}
     for name, service in project.services.items():
         files: list[str] = []
-        for index, entry in enumerate(service.source):
+        # The API document and config files are sealed with the service they describe.
+        declared = [
+            *service.source,
+            *([service.openapi] if service.openapi else []),
+            *service.config_files,
+        ]
+        for index, entry in enumerate(declared):
             target = (root / entry).resolve()
             if not target.is_relative_to(root):
                 raise ReleaseError(

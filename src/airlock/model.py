@@ -101,6 +101,16 @@ class ServiceModel(BaseModel):
     ready_timeout: Duration | None = Field(
         default=None, description="How long a new instance may take to become ready."
     )
+    openapi: str | None = Field(
+        default=None,
+        description="OpenAPI document of the service's API (relative to airlock.yaml); "
+        "breaking changes against the deployed release are refused unless info.version's "
+        "major number changed.",
+    )
+    config_files: list[str] = Field(
+        default_factory=list,
+        description="Config files the service reads (JSON, YAML, TOML, INI); each must parse.",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
@@ -167,6 +177,27 @@ class EnvironmentDatabaseModel(BaseModel):
     )
 
 
+class SecretsModel(BaseModel):
+    """Where an environment's ``${secret:NAME}`` values come from."""
+
+    model_config = _strict()
+
+    provider: Literal["env", "file", "command"] = Field(
+        default="env",
+        description="env: the process environment; file: a dotenv-style file (keep it outside "
+        "the repository); command: a command that prints the value ({name} is replaced).",
+    )
+    path: str | None = Field(default=None, description="The file, for provider: file.")
+    command: str | None = Field(
+        default=None,
+        description="For provider: command, e.g. `vault kv get -field={name} secret/staging`.",
+    )
+    prefix: str = Field(
+        default="", description="For provider: env, a prefix, e.g. STAGING_ reads STAGING_NAME."
+    )
+    timeout: Duration = Field(default=10.0, description="How long the command may take.")
+
+
 class EnvironmentModel(BaseModel):
     """One environment (staging, production, …)."""
 
@@ -174,6 +205,7 @@ class EnvironmentModel(BaseModel):
 
     runtime: Literal["local"] = Field(default="local", description="Where services run.")
     database: EnvironmentDatabaseModel | None = None
+    secrets: SecretsModel = Field(default_factory=SecretsModel)
     hosts: list[str] = Field(
         default_factory=list, description="Host names that belong to this environment."
     )
@@ -386,6 +418,7 @@ _MODELS_BY_PATH: list[tuple[tuple[str, ...], type[BaseModel]]] = [
     (("services", "*"), ServiceModel),
     (("environments", "*"), EnvironmentModel),
     (("environments", "*", "database"), EnvironmentDatabaseModel),
+    (("environments", "*", "secrets"), SecretsModel),
     (("database",), DatabaseModel),
     (("gates",), GatesModel),
     (("gates", "load"), LoadGateModel),
