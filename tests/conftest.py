@@ -49,7 +49,12 @@ class ProjectFactory:
         document = {
             "project": name,
             "services": full,
-            "environments": environments or {"staging": {}, "production": {}},
+            "environments": environments
+            or {
+                # each environment reads its own secrets: STAGING_X, PRODUCTION_X
+                "staging": {"secrets": {"prefix": "STAGING_"}},
+                "production": {"secrets": {"prefix": "PRODUCTION_"}},
+            },
             "gates": gates or {"bake": "0.5s", "ready_timeout": "3s"},
         }
         self.write(project, document)
@@ -90,7 +95,8 @@ def phoenix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A copy of the Phoenix example (v1), with its secret set; stopped afterwards."""
     project = tmp_path / "phoenix"
     shutil.copytree(PHOENIX, project, ignore=shutil.ignore_patterns("releases", "__pycache__"))
-    monkeypatch.setenv("PHOENIX_JWT_SECRET", "phoenix-test-secret-3f9a1c")
+    monkeypatch.setenv("STAGING_PHOENIX_JWT_SECRET", "phoenix-test-secret-3f9a1c")
+    monkeypatch.setenv("PRODUCTION_PHOENIX_JWT_SECRET", "phoenix-prod-secret-7e2b4d")
     factory = ProjectFactory(tmp_path)
     factory.projects.append(project)
     try:

@@ -22,6 +22,7 @@ def test_build_writes_a_manifest_with_every_file_hashed(phoenix: Path) -> None:
     assert set(files) == {
         "airlock.yaml",
         "db/migrations/V1__initial_schema.sql",
+        "services/version.py",
         "services/phoenix_common.py",
         *(
             f"services/{s}.py"

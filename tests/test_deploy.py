@@ -56,7 +56,8 @@ def get(url: str) -> httpx.Response:
 
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SHOP_SECRET", SECRET)
+    monkeypatch.setenv("STAGING_SHOP_SECRET", SECRET)
+    monkeypatch.setenv("PRODUCTION_SHOP_SECRET", "another-value-for-production-5521")
 
 
 def test_deploy_upgrade_status_history(make_project: ProjectFactory) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
-from airlock.checks import Finding
-from airlock.checks.static import check_project
+from airlock.checks.gate import GateResult, repository_root, run_gate
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.model import Project, load_project
@@ -38,9 +38,33 @@ def project_at(project: PathLike = ".") -> Project:
     return load_project(Path(project))
 
 
-def check(project: PathLike = ".") -> list[Finding]:
-    """Static findings for the project (``airlock check``)."""
-    return check_project(project_at(project))
+def check(project: PathLike = ".", *, envs: Sequence[str] = (), history: bool = True) -> GateResult:
+    """The static gate (``airlock check``): the model and config files, then for ``envs``
+    (names, or ``all``) parity, cross-environment references, secrets and API contracts against
+    the release deployed there, and committed secrets in the git history."""
+    loaded = project_at(project)
+    chosen = list(loaded.environments) if "all" in envs else list(dict.fromkeys(envs))
+    for env in chosen:
+        require_env(loaded, env)
+    return run_gate(
+        loaded,
+        root=loaded.root,
+        envs=chosen,
+        deployed={env: deployed_project(loaded.root, env) for env in chosen},
+        history=history,
+    )
+
+
+def deployed_project(root: Path, env: str) -> Project | None:
+    """The project as sealed in the release deployed to ``env`` (None when nothing is)."""
+    with open_state(root) as store:
+        current = store.current_release(env)
+    if current is None:
+        return None
+    try:
+        return load_bundle(root, current).project
+    except UsageError:
+        return None
 
 
 def build(project: PathLike = ".", version: str | None = None) -> tuple[Bundle, bool]:
@@ -213,3 +237,45 @@ def stop_env(project: PathLike, env: str) -> bool:
         if running is not None:
             store.finish(running.id, "aborted", reason="the environment was stopped")
     return was_running
+
+
+def scan_secrets(path: PathLike = ".", *, staged: bool = False, history: bool = True) -> GateResult:
+    """Committed secrets in the repository holding ``path`` (``airlock secrets scan``), less
+    the reviewed baseline."""
+    from airlock.checks.baseline import filter_findings, load_baseline
+    from airlock.checks.leaks import scan_repository, scan_staged
+
+    root = Path(path).resolve()
+    repository = repository_root(root)
+    if staged:
+        if repository is None:
+            raise UsageError(f"{root} is not in a git repository", hint="--staged needs git")
+        scan = scan_staged(repository)
+    else:
+        scan = scan_repository(repository or root, history=history and repository is not None)
+    remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
+    return GateResult(
+        findings=list(remaining),
+        silenced=len(silenced),
+        scanned={"repository": str(repository) if repository else None, "staged": staged},
+    )
+
+
+def write_secrets_baseline(path: PathLike = ".", *, reason: str) -> tuple[Path, int]:
+    """Record every current finding as reviewed (``airlock secrets baseline``)."""
+    import getpass
+    import socket
+
+    from airlock.checks.baseline import write_baseline
+    from airlock.checks.leaks import scan_repository
+
+    root = Path(path).resolve()
+    repository = repository_root(root) or root
+    scan = scan_repository(repository, history=(repository / ".git").exists())
+    written = write_baseline(
+        repository,
+        scan.findings,
+        reason=reason,
+        reviewed_by=f"{getpass.getuser()}@{socket.gethostname()}",
+    )
+    return written, len(scan.findings)

@@ -72,11 +72,7 @@ def _sources(project: Project) -> dict[str, list[str]]:
     for name, service in project.services.items():
         files: list[str] = []
         # The API document and config files are sealed with the service they describe.
-        declared = [
-            *service.source,
-            *([service.openapi] if service.openapi else []),
-            *service.config_files,
-        ]
+        declared = [*service.source, *_api_files(project, service.openapi), *service.config_files]
         for index, entry in enumerate(declared):
             target = (root / entry).resolve()
             if not target.is_relative_to(root):
@@ -94,6 +90,21 @@ def _sources(project: Project) -> dict[str, list[str]]:
             files.extend(_walk(root, entry))
         sources[name] = sorted(set(files))
     return sources
+
+
+def _api_files(project: Project, openapi: str | None) -> list[str]:
+    """A service's OpenAPI document and every file its ``$ref``s pull in."""
+    if not openapi:
+        return []
+    from airlock.checks.contracts import InvalidDocument, load_document
+
+    try:
+        document = load_document(project.root / openapi, project.root)
+    except InvalidDocument:
+        return [openapi]  # the check reports it; seal what there is
+    return sorted(
+        {openapi, *(f.resolve().relative_to(project.root).as_posix() for f in document.files)}
+    )
 
 
 def _migrations(project: Project) -> list[str]:

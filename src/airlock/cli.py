@@ -86,27 +86,68 @@ def schema() -> None:
     _json(json_schema())
 
 
+class CheckFormat(StrEnum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+class Threshold(StrEnum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
 @app.command()
 def check(
+    env: list[str] = typer.Option(
+        [], "--env", "-e", help="Also check this environment (repeat it, or `all`)."
+    ),
     project: Path | None = ProjectOption,
-    format: Format = FormatOption,
+    format: CheckFormat = typer.Option(CheckFormat.text, "--format", "-f", help="Output format."),
+    fail_on: Threshold = typer.Option(
+        Threshold.error, "--fail-on", help="Exit 1 when a finding is at least this severe."
+    ),
+    history: bool = typer.Option(
+        True, "--history/--no-history", help="Scan the whole git history for secrets."
+    ),
 ) -> None:
-    """Check the project without running anything: dependencies, references, ports.
+    """Check everything that needs no running system: the model, config files, environments
+    (parity, cross-environment references, secrets), API contracts, committed secrets.
 
-    Exits 1 when a finding is an error, 2 when the project file cannot be read.
+    Exits 1 when a finding is at or above --fail-on, 2 when the input cannot be read.
     """
-    findings = api.check(_project(project))
-    if format is Format.json:
+    from airlock.checks.gate import ALL_CODES
+    from airlock.checks.sarif import to_sarif
+
+    result = api.check(_project(project), envs=env, history=history)
+    findings = result.findings
+    if format is CheckFormat.sarif:
+        from airlock import __version__
+
+        _json(
+            to_sarif(
+                findings,
+                root=api.project_at(_project(project)).root,
+                rules=ALL_CODES,
+                version=__version__,
+            )
+        )
+    elif format is CheckFormat.json:
         _json(
             {
                 "findings": [f.to_dict() for f in findings],
                 "errors": sum(f.severity is Severity.ERROR for f in findings),
                 "warnings": sum(f.severity is Severity.WARNING for f in findings),
+                "silenced_by_baseline": result.silenced,
+                "scanned": result.scanned,
             }
         )
     else:
         _render_findings(findings)
-    if has_errors(findings):
+        if result.silenced:
+            console.print(f"  ({result.silenced} reviewed secret(s) silenced by the baseline)")
+    if result.fails(Severity(fail_on.value)):
         raise typer.Exit(1)
 
 
@@ -760,6 +801,56 @@ def db_restore(
         _json(data)
     else:
         console.print(f"[green]✓[/] restored {backup} and verified it")
+
+
+# -- committed secrets -------------------------------------------------------------------------
+
+secrets_app = typer.Typer(
+    help="Committed secrets: scan, and the reviewed baseline.", no_args_is_help=True
+)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("scan")
+def secrets_scan(
+    path: Path = typer.Argument(Path("."), help="A folder inside the git repository."),
+    staged: bool = typer.Option(False, "--staged", help="Only what is staged (for a hook)."),
+    history: bool = typer.Option(True, "--history/--no-history", help="Scan the git history."),
+    format: Format = FormatOption,
+) -> None:
+    """Scan for committed secrets (keys, tokens, passwords); values are never printed.
+
+    Exits 1 when a secret not in the baseline is found.
+    """
+    result = api.scan_secrets(path, staged=staged, history=history)
+    if format is Format.json:
+        _json(
+            {
+                "findings": [f.to_dict() for f in result.findings],
+                "silenced_by_baseline": result.silenced,
+                "scanned": result.scanned,
+            }
+        )
+    else:
+        _render_findings(result.findings)
+        if result.silenced:
+            console.print(f"  ({result.silenced} reviewed secret(s) silenced by the baseline)")
+    if any(f.severity is Severity.ERROR for f in result.findings):
+        raise typer.Exit(1)
+
+
+@secrets_app.command("baseline")
+def secrets_baseline(
+    path: Path = typer.Argument(Path("."), help="A folder inside the git repository."),
+    reason: str = typer.Option(..., "--reason", help="Why these findings are acceptable."),
+    format: Format = FormatOption,
+) -> None:
+    """Record every current secret finding as reviewed in .airlock/secrets-baseline.json."""
+    written, count = api.write_secrets_baseline(path, reason=reason)
+    if format is Format.json:
+        _json({"baseline": str(written), "entries": count})
+    else:
+        console.print(f"[green]✓[/] {count} reviewed finding(s) recorded in {written}")
 
 
 @app.command("codes")

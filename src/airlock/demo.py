@@ -148,7 +148,8 @@ def run_demo(
     example = example_dir()
     shutil.copytree(example, project, ignore=shutil.ignore_patterns("releases", "__pycache__"))
     overlays = example / "releases"
-    os.environ.setdefault(SECRET_NAME, secrets.token_urlsafe(24))
+    for env in ("STAGING", "PRODUCTION"):  # each environment its own secret
+        os.environ.setdefault(f"{env}_{SECRET_NAME}", secrets.token_urlsafe(24))
 
     def say(text: str) -> None:
         if progress is not None:

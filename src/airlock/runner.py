@@ -16,6 +16,7 @@ are only stopped after a successful bake).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -26,9 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from airlock.bundle import Bundle, latest_release, load_bundle, state_dir
-from airlock.checks import has_errors
-from airlock.checks.static import check_project
+from airlock.checks import Severity
+from airlock.checks.bake import MemorySample, Verdict, judge_memory
 from airlock.db.target import environment_database_url
 from airlock.engine import (
     Abort,
@@ -62,11 +65,11 @@ from airlock.errors import (
     StateError,
     UsageError,
 )
-from airlock.model import Project, Reference, references, substitute
+from airlock.model import Project, Reference, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
 from airlock.runtimes import InstanceSpec, Runtime
 from airlock.runtimes.local import LocalRuntime
-from airlock.secrets import Masker
+from airlock.secrets import Masker, referenced, resolver
 from airlock.state import DeployedRow, StateStore
 
 POLL_SECONDS = 0.05
@@ -102,10 +105,18 @@ class DeployResult:
     duration_seconds: float = 0.0
     detected_at: float | None = None
     finished_at: float | None = None
+    bake_started_at: float | None = None
     started: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     endpoints: dict[str, str] = field(default_factory=dict)
     migrations: list[str] = field(default_factory=list)  # applied by this release
+
+    @property
+    def detect_seconds(self) -> float | None:
+        """From the start of the bake to the failure verdict (a bake failure only)."""
+        if self.bake_started_at is None or self.detected_at is None:
+            return None
+        return self.detected_at - self.bake_started_at
 
     @property
     def rollback_seconds(self) -> float | None:
@@ -115,8 +126,10 @@ class DeployResult:
         return self.finished_at - self.detected_at
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k not in {"detected_at", "finished_at"}}
+        hidden = {"detected_at", "finished_at", "bake_started_at"}
+        data = {k: v for k, v in self.__dict__.items() if k not in hidden}
         data["rollback_seconds"] = self.rollback_seconds
+        data["detect_seconds"] = self.detect_seconds
         return data
 
 
@@ -145,25 +158,24 @@ def require_env(project: Project, env: str) -> None:
         raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
 
 
-def resolve_secrets(config: Mapping[str, Mapping[str, str]], env: str) -> dict[str, str]:
-    """Values of every secret the environment's config references, from the process
-    environment. Missing ones are reported together, by name only."""
-    wanted: dict[str, list[str]] = {}
-    for service, values in config.items():
-        for key, value in values.items():
-            for ref in references(value):
-                if ref.kind == "secret":
-                    wanted.setdefault(ref.name, []).append(f"{service}.{key}")
-    missing = {name: users for name, users in wanted.items() if not os.environ.get(name)}
+def resolve_secrets(
+    project: Project, env: str, config: Mapping[str, Mapping[str, str]], root: Path
+) -> dict[str, str]:
+    """Values of every secret the environment's config references, from its provider. Missing
+    ones are reported together, by name only."""
+    wanted = referenced(config)
+    provider = resolver(project, env, root=root)
+    missing = {name: users for name, users in wanted.items() if not provider.lookup(name)}
     if missing:
         lines = [
             f"  {name} (used by {', '.join(users)})" for name, users in sorted(missing.items())
         ]
         raise SecretError(
-            f"environment {env!r} needs secrets that are not set:\n" + "\n".join(lines),
-            hint="export them in the environment that runs airlock (values are never printed)",
+            f"environment {env!r} needs secrets that are not in {provider.where}:\n"
+            + "\n".join(lines),
+            hint="add them there (values are never printed)",
         )
-    return {name: os.environ[name] for name in wanted}
+    return {name: provider.require(name) for name in wanted}
 
 
 def planned(bundle: Bundle, env: str, store: StateStore) -> Plan:
@@ -240,6 +252,9 @@ class _Drive:
         self.detected_at: float | None = None
         self.finished: Finish | None = None
         self._unhealthy: dict[str, int] = {}
+        self.memory: dict[str, list[MemorySample]] = {}
+        self.bake_verdicts: dict[str, str] = {}
+        self.bake_started_at: float | None = None
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -297,6 +312,8 @@ class _Drive:
             self.store.journal(self.deployment_id, "event", event_to_dict(current))
             phase_before = self.engine.phase
             actions = self.engine.handle(current)
+            if self.engine.phase is ReleasePhase.BAKING and self.bake_started_at is None:
+                self.bake_started_at = self.clock()
             if (
                 phase_before is not ReleasePhase.ROLLING_BACK
                 and self.engine.phase in (ReleasePhase.ROLLING_BACK, ReleasePhase.ROLLED_BACK)
@@ -460,6 +477,11 @@ class _Drive:
                 code = status.last_exit_code if status else None
                 await self.feed(Exited(service, code, self.clock()))
                 return
+            verdict = self._sample_memory(service, status.pid)
+            if verdict is not None:
+                self.bake_verdicts[service] = verdict.describe(service)
+                await self.feed(Failed(service, verdict.describe(service), self.clock()))
+                return
             model = self.project.services[service]
             result = await self.runtime.probe(instance, model.health)
             if result.ok:
@@ -475,6 +497,19 @@ class _Drive:
                     )
                 )
                 return
+
+    def _sample_memory(self, service: str, pid: int | None) -> Verdict | None:
+        """Record the instance's resident memory; judge the trend against the gate (INC09)."""
+        budget = self.project.gates.memory_growth_mb_per_min
+        if pid is None:
+            return None
+        try:
+            rss = psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            return None
+        samples = self.memory.setdefault(service, [])
+        samples.append(MemorySample(self.clock(), rss))
+        return judge_memory(samples, budget) if budget is not None else None
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -557,13 +592,23 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     )
 
 
-def _static_gate(project: Project) -> None:
-    findings = check_project(project)
-    if has_errors(findings):
-        lines = [f"  {f.code}: {f.message} ({f.location})" for f in findings]
+def _static_gate(project: Project, env: str, project_root: Path) -> None:
+    """The static gate for one environment; refuses the release on any error finding."""
+    from airlock.checks.gate import run_gate
+
+    deployed = None
+    with open_state(project_root) as store:
+        current = store.current_release(env)
+    if current is not None:
+        with contextlib.suppress(UsageError):
+            deployed = load_bundle(project_root, current).project
+    result = run_gate(project, root=project_root, envs=[env], deployed={env: deployed})
+    errors = [f for f in result.findings if f.severity is Severity.ERROR]
+    if errors:
+        lines = [f"  {f.code}: {f.message} ({f.location})" for f in errors]
         raise GateFailed(
-            "the static check found errors; nothing was deployed:\n" + "\n".join(lines),
-            hint="run `airlock check` for details",
+            f"the static check found errors for {env}; nothing was deployed:\n" + "\n".join(lines),
+            hint=f"run `airlock check --env {env}` for details",
         )
 
 
@@ -582,8 +627,8 @@ async def deploy_async(
     bundle.verify()
     project = bundle.project
     require_env(project, env)
-    _static_gate(project)
-    secrets_ = resolve_secrets(bundle.config(env), env)
+    _static_gate(project, env, project_root)
+    secrets_ = resolve_secrets(project, env, bundle.config(env), project_root)
     with open_state(project_root) as store:
         plan = planned(bundle, env, store)
         deployment_id = _now_id()
@@ -672,7 +717,7 @@ async def resume_async(
         for service in plan.services:
             if engine.service_phase(service.name) is not ServicePhase.WAITING:
                 drive.instance_id(service.name)
-        secrets_ = resolve_secrets(bundle.config(env), env)
+        secrets_ = resolve_secrets(bundle.project, env, bundle.config(env), project_root)
         drive.resolved = await drive.bind(secrets_)
         if engine.phase is ReleasePhase.SUCCEEDED:
             drive.finished = Finish("succeeded", None, None)
@@ -711,6 +756,7 @@ def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         duration_seconds=time.monotonic() - started,
         detected_at=drive.detected_at,
         finished_at=drive.clock(),
+        bake_started_at=drive.bake_started_at,
         started=[s.name for s in drive.plan.services if s.action == "start"],
         kept=[s.name for s in drive.plan.services if s.action == "keep"],
         endpoints={name: f"http://127.0.0.1:{port}" for name, port in drive.ports.items()},

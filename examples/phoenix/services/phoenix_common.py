@@ -14,9 +14,8 @@ Every Phoenix service is one small script that imports this module. It provides:
   create or alter tables;
 * graceful shutdown on SIGTERM: stop accepting, finish in-flight requests, exit 0.
 
-Release overlays under ``releases/`` replace this file only to change
-:data:`VERSION`; everything else must stay identical so that every version of
-every service speaks the same protocol.
+The version comes from ``version.py`` beside this file, which every release overlay
+replaces; this file is the same in every version.
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ except ImportError:  # pragma: no cover - depends on the interpreter
     sys.stderr.write("phoenix: psycopg 3 is required (pip install 'psycopg[binary]')\n")
     raise SystemExit(1) from None
 
-#: Version of the whole Phoenix system; the release overlays change this line.
-VERSION = "1.0.0"
+from version import VERSION  # the one file a release overlay replaces to bump the version
 
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 64 * 1024

@@ -19,8 +19,8 @@ from airlock.db.connect import connect, display_url, password_of, with_database
 from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
 from airlock.errors import SecretError, UsageError
-from airlock.model import Project, references, substitute
-from airlock.secrets import Masker
+from airlock.model import Project, Reference, references, substitute
+from airlock.secrets import Masker, SecretResolver, resolver
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Target:
     env: str | None = None
     project: Project | None = None
     home: Path | None = None  # where this target's snapshots and keys live
+    root: Path | None = None  # the project folder holding .airlock/
     masker: Masker = field(default_factory=Masker)
 
     @property
@@ -66,21 +67,13 @@ def settings_of(project: Project | None, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def _resolve_secrets(text: str, where: str) -> tuple[str, list[str]]:
+def _resolve_secrets(text: str, where: str, secrets: SecretResolver) -> tuple[str, list[str]]:
     used: list[str] = []
 
-    def value(ref: object) -> str:
-        from airlock.model import Reference
-
-        assert isinstance(ref, Reference)
+    def value(ref: Reference) -> str:
         if ref.kind != "secret":
             raise UsageError(f"{where}: only ${{secret:NAME}} references are allowed here")
-        found = os.environ.get(ref.name)
-        if not found:
-            raise SecretError(
-                f"{where} needs the secret {ref.name}, which is not set",
-                hint=f"export {ref.name} in the environment that runs airlock",
-            )
+        found = secrets.require(ref.name, used_by=where)
         used.append(found)
         return found
 
@@ -103,7 +96,11 @@ def environment_database_url(
             hint="give it `database: {embedded: true}` or `database: {url: postgresql://...}`",
         )
     if database.url:
-        url, used = _resolve_secrets(database.url, f"environments.{env}.database.url")
+        url, used = _resolve_secrets(
+            database.url,
+            f"environments.{env}.database.url",
+            resolver(project, env, root=state_root or project.root),
+        )
         return url, used
     info = embedded_server(state_root or project.root, env).ensure_running()
     name = database.name or project.project
@@ -156,6 +153,7 @@ def resolve(
         env=env,
         project=project,
         home=state_dir(root) / "envs" / env,
+        root=root,
         masker=Masker(*used),
     )
 
@@ -180,7 +178,13 @@ def backup_key(target: Target, key_env: str | None = None) -> bytes:
                     f"environments.{env}.database.backup_key must be a ${{secret:NAME}} reference"
                 )
             text, _ = _resolve_secrets(
-                database.backup_key, f"environments.{env}.database.backup_key"
+                database.backup_key,
+                f"environments.{env}.database.backup_key",
+                resolver(
+                    project,
+                    env,
+                    root=target.root or project.root,
+                ),
             )
             return key_from_text(text)
     if target.home is None:

@@ -1,0 +1,112 @@
+"""The static gate: every check that needs no running system, composed.
+
+``airlock check`` and ``airlock deploy`` (for its one environment) both run it:
+
+- the model: dependencies, cycles, references, ports, sources (:mod:`airlock.checks.static`);
+- config files a service declares must parse (:mod:`airlock.checks.config_files`);
+- for the environments asked for: parity, cross-environment references, literal, undefined and
+  shared secrets (:mod:`airlock.checks.parity`), and API contracts against the release deployed
+  there (:mod:`airlock.checks.contracts`);
+- committed secrets in the working tree and the git history, less the reviewed baseline
+  (:mod:`airlock.checks.leaks`, :mod:`airlock.checks.baseline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.checks import CODES, Finding, Severity
+from airlock.checks.baseline import filter_findings, load_baseline
+from airlock.checks.config_files import CODES as CONFIG_CODES
+from airlock.checks.config_files import check_config_files
+from airlock.checks.contracts import CODES as CONTRACT_CODES
+from airlock.checks.contracts import check_contracts
+from airlock.checks.leaks import scan_repository
+from airlock.checks.parity import CODES as PARITY_CODES
+from airlock.checks.parity import check_environments
+from airlock.checks.static import check_project
+from airlock.model import Project
+
+ALL_CODES: dict[str, str] = {
+    **CODES,
+    **CONFIG_CODES,
+    **CONTRACT_CODES,
+    **PARITY_CODES,
+    "secret.committed": "A secret (key, token, password, private key) is in the working tree or "
+    "the git history.",
+    "secret.history-not-scanned": "The project is not in a git repository, so only the files on "
+    "disk were scanned for secrets.",
+}
+
+
+@dataclass
+class GateResult:
+    findings: list[Finding] = field(default_factory=list)
+    silenced: int = 0  # committed secrets silenced by the baseline
+    scanned: dict[str, Any] = field(default_factory=dict)
+
+    def worst(self) -> Severity | None:
+        ranks = [f.severity for f in self.findings]
+        return max(ranks, key=lambda s: s.rank) if ranks else None
+
+    def fails(self, threshold: Severity) -> bool:
+        return any(f.severity.rank >= threshold.rank for f in self.findings)
+
+
+def run_gate(
+    project: Project,
+    *,
+    root: Path,
+    envs: Iterable[str] = (),
+    deployed: Mapping[str, Project | None] | None = None,
+    history: bool = True,
+    scan_secrets: bool = True,
+) -> GateResult:
+    """Every static finding. ``root`` is the project's folder on disk (for a sealed project,
+    the working tree it was sealed from), where the git repository and the baseline are."""
+    result = GateResult()
+    result.findings += check_project(project)
+    result.findings += check_config_files(project)
+    chosen = list(envs)
+    if chosen:
+        result.findings += check_environments(project, chosen, root=root)
+        for env in chosen:
+            result.findings += check_contracts(project, (deployed or {}).get(env))
+    if scan_secrets:
+        result.findings += _committed_secrets(root, history, result)
+    return result
+
+
+def _committed_secrets(root: Path, history: bool, result: GateResult) -> list[Finding]:
+    repository = repository_root(root)
+    if repository is None:
+        scan = scan_repository(root, history=False)
+        result.scanned = {"repository": None, "history": False}
+        note = Finding(
+            "secret.history-not-scanned",
+            Severity.INFO,
+            f"{root} is not in a git repository: only the files on disk were scanned",
+            None,
+        )
+        findings = [note]
+    else:
+        scan = scan_repository(repository, history=history)
+        result.scanned = {"repository": str(repository), "history": history}
+        findings = []
+    result.scanned.update(
+        {"bytes": getattr(scan, "bytes_scanned", 0), "seconds": getattr(scan, "seconds", 0.0)}
+    )
+    remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
+    result.silenced = len(silenced)
+    return findings + list(remaining)
+
+
+def repository_root(path: Path) -> Path | None:
+    """The git repository holding ``path``, or None."""
+    for candidate in (path, *path.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
