@@ -651,6 +651,7 @@ async def deploy_async(
             progress=progress,
             project_root=project_root,
         )
+        drive.masker.add(*secrets_.values())
         try:
             await asyncio.to_thread(_migrate_first, drive, project_root)
         except BaseException as exc:
@@ -664,7 +665,7 @@ async def _finish_drive(
     drive: _Drive, secrets_: Mapping[str, str], kind: str, started: float
 ) -> DeployResult:
     try:
-        finish = await drive.run(secrets_)
+        await drive.run(secrets_)
     except BaseException as exc:
         # The runtime failed under us (or a bug): try to roll back what we started, then close.
         try:
@@ -677,7 +678,6 @@ async def _finish_drive(
         else:
             drive.store.finish(drive.deployment_id, "failed", reason=drive.masker.mask(str(exc)))
         raise
-    del finish
     return _result(drive, kind, started)
 
 
