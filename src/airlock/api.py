@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
-from airlock.checks.gate import GateResult, repository_root, run_gate
+from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.model import Project, load_project
@@ -38,7 +38,13 @@ def project_at(project: PathLike = ".") -> Project:
     return load_project(Path(project))
 
 
-def check(project: PathLike = ".", *, envs: Sequence[str] = (), history: bool = True) -> GateResult:
+def check(
+    project: PathLike = ".",
+    *,
+    envs: Sequence[str] = (),
+    history: bool = True,
+    posture: bool = False,
+) -> GateResult:
     """The static gate (``airlock check``): the model and config files, then for ``envs``
     (names, or ``all``) parity, cross-environment references, secrets and API contracts against
     the release deployed there, and committed secrets in the git history."""
@@ -46,13 +52,18 @@ def check(project: PathLike = ".", *, envs: Sequence[str] = (), history: bool = 
     chosen = list(loaded.environments) if "all" in envs else list(dict.fromkeys(envs))
     for env in chosen:
         require_env(loaded, env)
-    return run_gate(
+    if posture and not chosen:
+        raise UsageError("--posture probes environments", hint="name them with --env ENV")
+    result = run_gate(
         loaded,
         root=loaded.root,
         envs=chosen,
         deployed={env: deployed_project(loaded.root, env) for env in chosen},
         history=history,
     )
+    if posture:
+        result.findings += posture_findings(loaded, chosen)
+    return result
 
 
 def deployed_project(root: Path, env: str) -> Project | None:

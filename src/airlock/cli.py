@@ -111,6 +111,9 @@ def check(
     history: bool = typer.Option(
         True, "--history/--no-history", help="Scan the whole git history for secrets."
     ),
+    posture: bool = typer.Option(
+        False, "--posture", help="Also probe the running environments (TLS, headers, CORS, …)."
+    ),
 ) -> None:
     """Check everything that needs no running system: the model, config files, environments
     (parity, cross-environment references, secrets), API contracts, committed secrets.
@@ -120,7 +123,7 @@ def check(
     from airlock.checks.gate import ALL_CODES
     from airlock.checks.sarif import to_sarif
 
-    result = api.check(_project(project), envs=env, history=history)
+    result = api.check(_project(project), envs=env, history=history, posture=posture)
     findings = result.findings
     if format is CheckFormat.sarif:
         from airlock import __version__

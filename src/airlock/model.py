@@ -198,6 +198,22 @@ class SecretsModel(BaseModel):
     timeout: Duration = Field(default=10.0, description="How long the command may take.")
 
 
+class PostureModel(BaseModel):
+    """Where ``airlock check --env ENV --posture`` probes the running environment."""
+
+    model_config = _strict()
+
+    url: str = Field(description="The environment's public base URL (https:// to check TLS).")
+    admin_paths: list[str] = Field(
+        default_factory=list, description="Paths that must refuse anonymous requests."
+    )
+    sensitive_paths: list[str] = Field(
+        default_factory=list,
+        description="Paths that must be rate limited, e.g. `POST /password-reset`.",
+    )
+    burst: int = Field(default=30, ge=1, le=500, description="Requests in the rate-limit burst.")
+
+
 class EnvironmentModel(BaseModel):
     """One environment (staging, production, …)."""
 
@@ -206,6 +222,7 @@ class EnvironmentModel(BaseModel):
     runtime: Literal["local"] = Field(default="local", description="Where services run.")
     database: EnvironmentDatabaseModel | None = None
     secrets: SecretsModel = Field(default_factory=SecretsModel)
+    posture: PostureModel | None = None
     hosts: list[str] = Field(
         default_factory=list, description="Host names that belong to this environment."
     )
@@ -419,6 +436,7 @@ _MODELS_BY_PATH: list[tuple[tuple[str, ...], type[BaseModel]]] = [
     (("environments", "*"), EnvironmentModel),
     (("environments", "*", "database"), EnvironmentDatabaseModel),
     (("environments", "*", "secrets"), SecretsModel),
+    (("environments", "*", "posture"), PostureModel),
     (("database",), DatabaseModel),
     (("gates",), GatesModel),
     (("gates", "load"), LoadGateModel),

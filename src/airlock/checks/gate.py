@@ -27,6 +27,7 @@ from airlock.checks.contracts import check_contracts
 from airlock.checks.leaks import scan_repository
 from airlock.checks.parity import CODES as PARITY_CODES
 from airlock.checks.parity import check_environments
+from airlock.checks.posture import CODES as POSTURE_CODES
 from airlock.checks.static import check_project
 from airlock.model import Project
 
@@ -35,6 +36,7 @@ ALL_CODES: dict[str, str] = {
     **CONFIG_CODES,
     **CONTRACT_CODES,
     **PARITY_CODES,
+    **POSTURE_CODES,
     "secret.committed": "A secret (key, token, password, private key) is in the working tree or "
     "the git history.",
     "secret.history-not-scanned": "The project is not in a git repository, so only the files on "
@@ -102,6 +104,31 @@ def _committed_secrets(root: Path, history: bool, result: GateResult) -> list[Fi
     remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
     result.silenced = len(silenced)
     return findings + list(remaining)
+
+
+def posture_findings(project: Project, envs: Iterable[str]) -> list[Finding]:
+    """Probe each environment's running system (INC13, INC14); see docs/posture.md."""
+    from airlock.checks.posture import Target, probe
+    from airlock.errors import UsageError
+
+    findings: list[Finding] = []
+    for env in envs:
+        posture = project.environments[env].posture
+        if posture is None:
+            raise UsageError(
+                f"environment {env!r} has no posture target",
+                hint=f"add environments.{env}.posture: {{url: https://…}} to airlock.yaml",
+            )
+        target = Target(
+            name=env,
+            url=posture.url,
+            admin_paths=list(posture.admin_paths),
+            sensitive_paths=list(posture.sensitive_paths),
+            cert_min_days=project.gates.cert_min_days,
+            burst=posture.burst,
+        )
+        findings += probe(target)
+    return findings
 
 
 def repository_root(path: Path) -> Path | None:
