@@ -661,7 +661,7 @@ class RestoreResult:
 
 
 @dataclass(frozen=True)
-class _Target:
+class PgTarget:
     """How a child process reaches a database: conninfo without password, and the password."""
 
     url: str
@@ -669,7 +669,7 @@ class _Target:
     password: str | None
 
     @classmethod
-    def of(cls, url: str) -> _Target:
+    def of(cls, url: str) -> PgTarget:
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError:
@@ -707,7 +707,7 @@ class _Child:
     ours to write (pg_restore).
     """
 
-    def __init__(self, tool: str, args: list[str], target: _Target, *, dump: bool) -> None:
+    def __init__(self, tool: str, args: list[str], target: PgTarget, *, dump: bool) -> None:
         self.tool = tool
         self.target = target
         # Closed in close(): it lives as long as the process it collects output from.
@@ -798,7 +798,7 @@ def backup(
             )
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
-    target = _Target.of(url)
+    target = PgTarget.of(url)
     started = time.monotonic()
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
@@ -862,7 +862,7 @@ def backup(
 
 
 def _dump(
-    target: _Target,
+    target: PgTarget,
     snapshot_id: str,
     partial: Path,
     key: bytes,
@@ -904,14 +904,14 @@ def _result_of(
 
 def _database_error(exc: psycopg.Error, url: str) -> DatabaseError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    target = _Target.of(url)
+    target = PgTarget.of(url)
     return DatabaseError(f"{target.display()}: {target.mask(text)}")
 
 
 def _source_description(conn: psycopg.Connection[Any], url: str) -> dict[str, Any]:
     name = _scalar(conn, "SELECT current_database()")
     return {
-        "url": _Target.of(url).display(),
+        "url": PgTarget.of(url).display(),
         "database": name,
         "server_version": _scalar(conn, "SHOW server_version"),
         **(_database_properties(conn, name, local=True) or {}),
@@ -1028,7 +1028,7 @@ def _restore_into(
     child = _Child(
         "pg_restore",
         ["--exit-on-error", "--no-owner", "--no-password"],
-        _Target.of(database_url),
+        PgTarget.of(database_url),
         dump=False,
     )
     try:

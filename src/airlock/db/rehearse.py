@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from airlock.db.backup import pg_tool
-from airlock.db.connect import connect, database_name, display_url, password_of, with_database
+from airlock.db.backup import PgTarget, pg_tool
+from airlock.db.connect import connect, database_name, display_url, with_database
 from airlock.db.migrate import MigrationFailed, Migrator, Report
 from airlock.db.target import Target
 from airlock.errors import AirlockError, GateFailed
@@ -92,28 +92,29 @@ def clone(url: str, name: str, method: Method = "auto") -> tuple[str, float]:
 
 
 def _dump_restore(source_url: str, target_url: str) -> None:
-    env = {"PGPASSWORD": password_of(source_url) or "", "PATH": "/usr/bin:/bin"}
+    """``pg_dump | pg_restore`` between two databases; passwords travel only in PGPASSWORD."""
+    source, target = PgTarget.of(source_url), PgTarget.of(target_url)
     dump = subprocess.Popen(
         [
             str(pg_tool("pg_dump")),
             "--format=custom",
             "--no-owner",
-            f"--dbname={_no_password(source_url)}",
+            f"--dbname={source.conninfo}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=source.env(),
     )
     restore = subprocess.run(
         [
             str(pg_tool("pg_restore")),
             "--no-owner",
             "--exit-on-error",
-            f"--dbname={_no_password(target_url)}",
+            f"--dbname={target.conninfo}",
         ],
         stdin=dump.stdout,
         capture_output=True,
-        env={**env, "PGPASSWORD": password_of(target_url) or ""},
+        env=target.env(),
         check=False,
     )
     assert dump.stdout is not None
@@ -122,14 +123,10 @@ def _dump_restore(source_url: str, target_url: str) -> None:
     if dump.returncode != 0 or restore.returncode != 0:
         message = (dump_err or restore.stderr).decode(errors="replace").strip()[-500:]
         raise AirlockError(
-            f"cloning {display_url(source_url)} for the rehearsal failed: {message}",
+            f"cloning {source.display()} for the rehearsal failed: "
+            f"{target.mask(source.mask(message))}",
             hint="check that the database is reachable and the user may dump it",
         )
-
-
-def _no_password(url: str) -> str:
-    password = password_of(url)
-    return url.replace(f":{password}@", "@", 1) if password else url
 
 
 def drop(url: str, name: str) -> None:
