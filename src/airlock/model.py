@@ -24,12 +24,14 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from airlock.errors import Location, ProjectError
 
 PROJECT_FILE = "airlock.yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # ---------------------------------------------------------------------------------------------
 # Durations: "10s", "500ms", "2m", "1h", or a number of seconds.
@@ -111,6 +113,17 @@ class ServiceModel(BaseModel):
         default_factory=list,
         description="Config files the service reads (JSON, YAML, TOML, INI); each must parse.",
     )
+    metrics: str | None = Field(
+        default=None,
+        description="Path of the service's Prometheus metrics (e.g. /metrics); while a release "
+        "bakes, its request, 5xx and latency figures are judged against gates.error_rate and "
+        "gates.p95_ms.",
+    )
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Requests the default load test sends to this service, e.g. "
+        "`GET /accounts/1` (see gates.load).",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
@@ -124,7 +137,17 @@ class ServiceModel(BaseModel):
             raise ValueError("a port is a number from 1 to 65535, or `auto`")
         return value
 
-    @field_validator("health", "ready")
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parts = item.split()
+            method_ok = len(parts) == 2 and parts[0].upper() in HTTP_METHODS
+            if not method_ok or not parts[1].startswith("/"):
+                raise ValueError(f"{item!r} is not `METHOD /path`, e.g. `GET /accounts/1`")
+        return value
+
+    @field_validator("health", "ready", "metrics")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
@@ -238,14 +261,59 @@ class EnvironmentModel(BaseModel):
 
 
 class LoadGateModel(BaseModel):
+    """The load gate: ``airlock gate load ENV`` runs Locust headless and compares the figures."""
+
     model_config = _strict()
 
-    users: int = Field(default=10, ge=1)
-    duration: Duration = 15.0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    error_rate: float | None = Field(default=None, ge=0, le=1)
+    locustfile: str | None = Field(
+        default=None,
+        description="The project's locustfile (relative to airlock.yaml); without it, a default "
+        "sends each service's declared `endpoints`.",
+    )
+    users: int = Field(default=10, ge=1, le=10000, description="Simulated users.")
+    spawn_rate: float = Field(default=10.0, gt=0, description="Users started per second.")
+    duration: Duration = Field(default=15.0, description="How long the load runs.")
+    p50_ms: float | None = Field(default=None, gt=0, description="Highest median latency.")
+    p95_ms: float | None = Field(default=None, gt=0, description="Highest 95th percentile.")
+    p99_ms: float | None = Field(default=None, gt=0, description="Highest 99th percentile.")
+    error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Highest share of failed requests (0.01 = 1%)."
+    )
+
+
+class LogsGateModel(BaseModel):
+    """What the log gate looks for in the logs of rehearsal and bake (INC15)."""
+
+    model_config = _strict()
+
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named regular expressions that must not appear in the logs, e.g. "
+        "{ssn: '\\d{3}-\\d{2}-\\d{4}'}.",
+    )
+    emails: bool = Field(default=True, description="Report e-mail addresses (as warnings).")
+
+
+class CiGateModel(BaseModel):
+    """Where the CI result of the commit being released comes from (INC16)."""
+
+    model_config = _strict()
+
+    junit: str | None = Field(
+        default=None, description="A JUnit XML report (relative to airlock.yaml)."
+    )
+    command: str | None = Field(
+        default=None,
+        description="A command printing the CI status of a commit ({commit} is replaced), as "
+        "JSON {state, since, url} or one word: success, failure, pending.",
+    )
+    timeout: Duration = Field(default=30.0, description="How long the command may take.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CiGateModel:
+        if (self.junit is None) == (self.command is None):
+            raise ValueError("give exactly one of `junit` or `command`")
+        return self
 
 
 class GatesModel(BaseModel):
@@ -257,9 +325,24 @@ class GatesModel(BaseModel):
     ready_timeout: Duration = Field(
         default=30.0, description="Default time a new instance has to become ready."
     )
-    memory_growth_mb_per_min: float | None = None
+    memory_growth_mb_per_min: float | None = Field(
+        default=None, gt=0, description="Highest memory growth of a new process during bake."
+    )
+    error_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Highest share of 5xx responses during bake (from each service's metrics).",
+    )
+    p95_ms: float | None = Field(
+        default=None, gt=0, description="Highest p95 latency during bake (from metrics)."
+    )
     load: LoadGateModel | None = None
-    cert_min_days: int = 21
+    logs: LogsGateModel | None = None
+    ci: CiGateModel | None = None
+    cert_min_days: int = Field(
+        default=21, ge=0, description="Fewest days a TLS certificate may have left."
+    )
 
 
 class Project(BaseModel):
@@ -440,6 +523,8 @@ _MODELS_BY_PATH: list[tuple[tuple[str, ...], type[BaseModel]]] = [
     (("database",), DatabaseModel),
     (("gates",), GatesModel),
     (("gates", "load"), LoadGateModel),
+    (("gates", "logs"), LogsGateModel),
+    (("gates", "ci"), CiGateModel),
 ]
 
 

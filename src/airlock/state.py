@@ -69,6 +69,25 @@ CREATE TABLE IF NOT EXISTS locks (
     host TEXT NOT NULL,
     since TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gate_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gate_runs_release ON gate_runs (release_id, gate, env);
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    note TEXT,
+    report_id INTEGER REFERENCES gate_runs (id),
+    at TEXT NOT NULL
+);
 """
 
 
@@ -108,6 +127,36 @@ class Deployment:
     @property
     def holder_alive(self) -> bool:
         return self.host == socket.gethostname() and psutil.pid_exists(self.pid)
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """One recorded run of a gate (load, go/no-go, ...) for a release in an environment."""
+
+    id: int
+    env: str
+    release_id: str
+    gate: str
+    passed: bool
+    at: str
+    body: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Approval:
+    id: int
+    env: str
+    release_id: str
+    approver: str
+    note: str | None
+    report_id: int | None
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -378,6 +427,79 @@ class StateStore:
             if row["release_id"] != current:
                 return str(row["release_id"])
         return None
+
+    # -- gates and approvals -------------------------------------------------------------------
+
+    def record_gate(
+        self, env: str, release_id: str, gate: str, *, passed: bool, body: Mapping[str, Any]
+    ) -> GateRun:
+        """Store one gate's verdict and evidence with the release (secrets masked by caller)."""
+        at = now_iso()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO gate_runs (env, release_id, gate, passed, at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (env, release_id, gate, int(passed), at, json.dumps(dict(body))),
+            )
+        assert cursor.lastrowid is not None
+        return GateRun(cursor.lastrowid, env, release_id, gate, passed, at, dict(body))
+
+    def gate_runs(
+        self, release_id: str, *, gate: str | None = None, env: str | None = None
+    ) -> list[GateRun]:
+        """Recorded runs for a release, newest first."""
+        query = "SELECT * FROM gate_runs WHERE release_id = ?"
+        params: list[str] = [release_id]
+        if gate is not None:
+            query += " AND gate = ?"
+            params.append(gate)
+        if env is not None:
+            query += " AND env = ?"
+            params.append(env)
+        rows = self._db.execute(query + " ORDER BY id DESC", params)
+        return [
+            GateRun(
+                r["id"],
+                r["env"],
+                r["release_id"],
+                r["gate"],
+                bool(r["passed"]),
+                r["at"],
+                json.loads(r["body"]),
+            )
+            for r in rows
+        ]
+
+    def approve(
+        self, env: str, release_id: str, approver: str, *, note: str | None, report_id: int | None
+    ) -> Approval:
+        at = now_iso()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO approvals (env, release_id, approver, note, report_id, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (env, release_id, approver, note, report_id, at),
+            )
+        assert cursor.lastrowid is not None
+        return Approval(cursor.lastrowid, env, release_id, approver, note, report_id, at)
+
+    def approvals(self, env: str, release_id: str) -> list[Approval]:
+        rows = self._db.execute(
+            "SELECT * FROM approvals WHERE env = ? AND release_id = ? ORDER BY id",
+            (env, release_id),
+        )
+        return [
+            Approval(
+                r["id"],
+                r["env"],
+                r["release_id"],
+                r["approver"],
+                r["note"],
+                r["report_id"],
+                r["at"],
+            )
+            for r in rows
+        ]
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:
