@@ -44,13 +44,14 @@ def careless_url() -> Iterator[str]:
 def test_posture_findings_come_with_evidence(
     make_project: ProjectFactory, careless_url: str
 ) -> None:
-    """Open CORS and an open admin path are errors with the request and response shown."""
+    """Open CORS and an open admin path are errors with the request and response shown
+    (`airlock check ENV --posture`, the environment given as an argument)."""
     project = make_project(
         {"api": {}},
         environments={"staging": {"posture": {"url": careless_url, "admin_paths": ["/admin"]}}},
     )
     result = airlock(
-        "check", "--env", "staging", "--posture", "--no-history", "--format", "json", cwd=project
+        "check", "staging", "--posture", "--no-history", "--format", "json", cwd=project
     )
     assert result.returncode == 1, result.stderr
     findings = json.loads(result.stdout)["findings"]

@@ -9,7 +9,9 @@ from .conftest import airlock, processes_under
 
 
 def test_demo_runs_from_any_folder_and_cleans_up(tmp_path: Path) -> None:
-    """The demo deploys v1 twice, v2, rolls v3 back, drops no request and leaves nothing."""
+    """The demo deploys v1 to staging, load-tests it, gets GO for production, promotes it,
+    upgrades to v2, catches v3's leak during bake and rolls it back, drops no request and leaves
+    nothing."""
     workspace = tmp_path / "ws"
     result = airlock(
         "demo", "--format", "json", cwd=tmp_path, timeout=300, env={"TMPDIR": str(tmp_path)}
@@ -30,8 +32,19 @@ def test_demo_runs_from_any_folder_and_cleans_up(tmp_path: Path) -> None:
         ["V2__payment_fee_and_currency.sql"],
         [],
     ]
-    assert steps["deploy bad v3 to production"]["reason"].startswith("payment: not ready")
-    upgrade, rollback = steps["upgrade production to v2"], steps["deploy bad v3 to production"]
+    leak = steps["deploy leaking v3 to production"]
+    assert leak["reason"].startswith("notification: memory grows"), leak["reason"]
+    assert summary["gonogo"]["verdict"] == "GO"
+    assert summary["gonogo"]["gates"] == {
+        "static": "pass",
+        "migrations": "pass",
+        "load": "pass",
+        "posture": "skipped",
+        "logs": "pass",
+        "ci": "skipped",
+    }
+    assert summary["load"]["requests"] > 0 and summary["load"]["error_rate"] == 0
+    upgrade, rollback = steps["upgrade production to v2"], leak
     assert upgrade["served"] > 0 and rollback["served"] > 0
     assert upgrade["failed"] == 0 and rollback["failed"] == 0
     assert summary["targets"]["left_running"]["value"] == 0

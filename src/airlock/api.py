@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
+from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
+from airlock.gonogo import Report as GoNoGoReport
 from airlock.model import Project, load_project
 from airlock.plan import Plan
 from airlock.runner import (
@@ -97,23 +99,12 @@ def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
     with open_state(root) as store:
         result = planned(bundle, env, store)
-    sealed = bundle.project
-    if (
-        sealed.database is None
-        or not sealed.database.migrations
-        or sealed.environments[env].database is None
-    ):
-        return result
     from airlock.db import api as db
-    from airlock.db.target import resolve
+    from airlock.db.target import release_target
 
-    target = resolve(
-        project=sealed,
-        env=env,
-        database_url=None,
-        migrations=bundle.files_dir / sealed.database.migrations,
-        state_root=root,
-    )
+    target = release_target(bundle, env, root)
+    if target is None:
+        return result
     pending = db.status(target)["pending"]
     findings = db.lint(target)
     return dataclasses.replace(
@@ -129,10 +120,17 @@ def deploy(
     release_ref: str | None = None,
     *,
     progress: Progress | None = None,
+    override_reason: str | None = None,
 ) -> DeployResult:
-    """Deploy a sealed release (the newest by default); rolled back automatically on failure."""
+    """Deploy a sealed release (the newest by default); rolled back automatically on failure.
+
+    An environment with ``approvals: N`` needs a GO report and N approvals of the release, or an
+    ``override_reason`` (journaled with the deployment).
+    """
     root = project_at(project).root
-    return asyncio.run(deploy_async(root, env, release_ref, progress=progress))
+    return asyncio.run(
+        deploy_async(root, env, release_ref, progress=progress, override_reason=override_reason)
+    )
 
 
 def rollback(
@@ -290,3 +288,67 @@ def write_secrets_baseline(path: PathLike = ".", *, reason: str) -> tuple[Path, 
         reviewed_by=f"{getpass.getuser()}@{socket.gethostname()}",
     )
     return written, len(scan.findings)
+
+
+# -- release gates -----------------------------------------------------------------------------
+
+
+def gonogo(
+    project: PathLike,
+    env: str,
+    release_ref: str | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> GoNoGoReport:
+    """Run or collect every gate for a release going to ``env`` (``airlock gonogo``); the
+    report is stored with the release."""
+    from airlock import gonogo as gng
+
+    return gng.run(project_at(project).root, env, release_ref, progress=progress)
+
+
+def approve(
+    project: PathLike,
+    env: str,
+    release_ref: str,
+    *,
+    approver: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Record an approval of the release's GO report for ``env`` (``airlock approve``)."""
+    from airlock import gonogo as gng
+
+    approval, count, required = gng.approve(
+        project_at(project).root, env, release_ref, approver=approver, note=note
+    )
+    return {**approval.to_dict(), "approvals": count, "required": required}
+
+
+def gate_load(
+    project: PathLike, env: str, *, progress: Callable[[str], None] | None = None
+) -> GateOutcome:
+    """Load-test the release serving in ``env`` against ``gates.load`` (``airlock gate load``);
+    the figures and verdict are stored with that release."""
+    from airlock.checks.load import run_load_gate
+
+    loaded = project_at(project)
+    require_env(loaded, env)
+    return run_load_gate(loaded.root, env, progress=progress)
+
+
+def gate_logs(project: PathLike, release_ref: str | None = None) -> GateOutcome:
+    """Scan the release's log lines in every environment (``airlock gate logs``)."""
+    from airlock.checks.release_gates import logs_gate
+
+    root = project_at(project).root
+    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    return logs_gate(bundle.project, root, bundle.id)
+
+
+def gate_ci(project: PathLike, release_ref: str | None = None) -> GateOutcome:
+    """CI status of the commit the release was sealed from (``airlock gate ci``)."""
+    from airlock.checks.release_gates import ci_gate
+
+    root = project_at(project).root
+    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    return ci_gate(bundle.project, root, bundle)

@@ -5,16 +5,22 @@ service's sources, the migrations — under ``.airlock/releases/<id>/files/`` an
 ``manifest.json`` with the sha256 of every file, each service's digest and its rendered config for
 every environment. The id is a hash of that content, so any changed file gives another id.
 Deploys run services from the bundle, never from the working tree, and verify every file first.
+
+The manifest also records, outside the hashed content, the git commit the release was sealed from:
+``"source": {"commit": SHA or None, "dirty": bool}`` (see :func:`git_source`), so the CI gate can
+ask about exactly that commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,6 +125,54 @@ def _migrations(project: Project) -> list[str]:
     return list(_walk(project.root, project.database.migrations))
 
 
+#: How long each git command may take while a release is sealed.
+GIT_TIMEOUT = 10.0
+
+
+def _git(root: Path, *args: str) -> tuple[int, str] | None:
+    """``git args`` run in ``root``: (exit code, stdout), or None if git cannot run or hangs."""
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=GIT_TIMEOUT,
+            check=False,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.returncode, out.stdout
+
+
+def git_source(root: Path, sealed: list[str] | None = None) -> dict[str, Any]:
+    """The commit a project folder is at: ``{"commit": SHA or None, "dirty": bool}``.
+
+    ``commit`` is ``HEAD`` of the git repository holding ``root`` (None outside one, without a
+    commit, or without git). ``dirty`` is True when tracked files under ``root`` differ from
+    ``HEAD`` (staged or not), or when one of ``sealed`` (paths relative to ``root``) is not
+    tracked at all: either way the release is not what the commit holds. Never raises.
+    """
+    head = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if head is None or head[0] != 0 or not head[1].strip():
+        return {"commit": None, "dirty": False}
+    commit = head[1].strip()
+    status = _git(root, "status", "--porcelain", "-z", "--untracked-files=no", "--", ".")
+    if status is None or status[0] != 0:
+        return {"commit": commit, "dirty": True}  # unknown counts as dirty
+    dirty = bool(status[1].strip("\0"))
+    if not dirty and sealed:
+        tracked = _git(root, "ls-files", "-z", "--", ".")
+        if tracked is None or tracked[0] != 0:
+            dirty = True
+        else:
+            dirty = not set(sealed) <= set(tracked[1].split("\0"))
+    return {"commit": commit, "dirty": dirty}
+
+
 def content_id(content: dict[str, Any]) -> str:
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -142,6 +196,32 @@ class Bundle:
     @property
     def created_at(self) -> str:
         return str(self.manifest["created_at"])
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where the release was sealed from: ``{"commit": SHA or None, "dirty": bool}``.
+
+        Releases sealed before this was recorded give ``{"commit": None, "dirty": False}``.
+        """
+        raw = self.manifest.get("source")
+        if not isinstance(raw, dict):
+            return {"commit": None, "dirty": False}
+        commit = raw.get("commit")
+        return {
+            "commit": commit if isinstance(commit, str) and commit else None,
+            "dirty": bool(raw.get("dirty", False)),
+        }
+
+    @property
+    def commit(self) -> str | None:
+        """The git commit the release was sealed from (None if unknown or not in git)."""
+        commit = self.source["commit"]
+        return commit if isinstance(commit, str) else None
+
+    @property
+    def dirty(self) -> bool:
+        """Whether it was sealed from uncommitted changes (so no commit holds exactly it)."""
+        return bool(self.source["dirty"])
 
     @property
     def files_dir(self) -> Path:
@@ -190,6 +270,7 @@ class Bundle:
             "version": self.version,
             "created_at": self.created_at,
             "created_by": self.manifest.get("created_by"),
+            "source": self.source,
             "project": self.manifest["project"],
             "services": sorted(self.manifest["services"]),
             "files": len(self.manifest["files"]),
@@ -253,16 +334,18 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
     if not version:
         content["version"] = draft_id[:8]
     release_id = content_id(content)
+    source = git_source(root, relative_files)
     target = releases_dir(root) / release_id
     if (target / MANIFEST).is_file():
         bundle = load_bundle(root, release_id)
         bundle.verify()
-        return bundle, False
+        return _committed(bundle, source), False
     manifest = {
         "id": release_id,
         **content,
         "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "source": source,
     }
     releases_dir(root).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=releases_dir(root)))
@@ -285,6 +368,33 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Bundle(target, manifest), True
+
+
+def _committed(bundle: Bundle, source: dict[str, Any]) -> Bundle:
+    """An existing bundle, its ``source`` upgraded when it was sealed from uncommitted changes
+    (or outside git) and the same content is now a clean commit; otherwise unchanged.
+
+    The source is not part of the hashed content, so the id and :meth:`Bundle.verify` are
+    unaffected; the manifest is replaced atomically.
+    """
+    old = bundle.source
+    if source["commit"] is None or source["dirty"]:
+        return bundle
+    if old["commit"] is not None and not old["dirty"]:
+        return bundle
+    manifest = {**bundle.manifest, "source": source}
+    path = bundle.path / MANIFEST
+    fd, temporary = tempfile.mkstemp(prefix=".manifest-", dir=bundle.path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(temporary, 0o444)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return bundle  # keep the old record rather than fail the build
+    return Bundle(bundle.path, manifest)
 
 
 def load_bundle(project_root: Path, ref: str) -> Bundle:

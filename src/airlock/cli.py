@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from airlock import api
-from airlock.checks import CODES, Finding, Severity, has_errors
+from airlock.checks import Finding, Severity, has_errors
+from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError
 from airlock.model import json_schema
 from airlock.runner import DeployResult, ProgressEvent
@@ -38,8 +39,13 @@ app = typer.Typer(
 )
 release_app = typer.Typer(help="Seal and inspect release bundles.", no_args_is_help=True)
 env_app = typer.Typer(help="Manage running environments.", no_args_is_help=True)
+gate_app = typer.Typer(
+    help="Run one release gate (load, logs, CI); `airlock gonogo` runs them all.",
+    no_args_is_help=True,
+)
 app.add_typer(release_app, name="release")
 app.add_typer(env_app, name="env")
+app.add_typer(gate_app, name="gate")
 
 
 class Format(StrEnum):
@@ -100,6 +106,11 @@ class Threshold(StrEnum):
 
 @app.command()
 def check(
+    environments: list[str] | None = typer.Argument(
+        None,
+        help="Environments to check, as with --env (`airlock check staging --posture`).",
+        show_default=False,
+    ),
     env: list[str] = typer.Option(
         [], "--env", "-e", help="Also check this environment (repeat it, or `all`)."
     ),
@@ -123,7 +134,9 @@ def check(
     from airlock.checks.gate import ALL_CODES
     from airlock.checks.sarif import to_sarif
 
-    result = api.check(_project(project), envs=env, history=history, posture=posture)
+    result = api.check(
+        _project(project), envs=[*(environments or []), *env], history=history, posture=posture
+    )
     findings = result.findings
     if format is CheckFormat.sarif:
         from airlock import __version__
@@ -338,15 +351,27 @@ def _report(result: DeployResult, format: Format) -> None:
 def deploy(
     env: str = typer.Argument(..., help="Environment name."),
     release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    override_reason: str | None = typer.Option(
+        None,
+        "--override-reason",
+        help="Deploy without the GO report and approvals the environment requires; the reason "
+        "is recorded with the deployment.",
+    ),
     project: Path | None = ProjectOption,
     format: Format = FormatOption,
 ) -> None:
     """Deploy a sealed release: dependency order, readiness gates, bake, automatic rollback.
 
-    Exits 1 when the release failed and was rolled back. Ctrl-C rolls back too.
+    An environment with `approvals: N` needs a GO report (`airlock gonogo`) and N approvals
+    (`airlock approve`) first. Exits 1 when the release failed and was rolled back, or was
+    refused. Ctrl-C rolls back too.
     """
     result = api.deploy(
-        _project(project), env, release, progress=_Printer(quiet=format is Format.json)
+        _project(project),
+        env,
+        release,
+        progress=_Printer(quiet=format is Format.json),
+        override_reason=override_reason,
     )
     _report(result, format)
 
@@ -856,12 +881,157 @@ def secrets_baseline(
         console.print(f"[green]✓[/] {count} reviewed finding(s) recorded in {written}")
 
 
+# -- release gates and go/no-go ----------------------------------------------------------------
+
+
+class ReportFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    html = "html"
+
+
+def _say(quiet: bool) -> Any:
+    def say(text: str) -> None:
+        if not quiet:
+            errors.print(f"[dim]  … {escape(text)}[/]")
+
+    return say
+
+
+def _render_outcome(outcome: GateOutcome) -> None:
+    mark = {"pass": "[green]✓ pass[/]", "fail": "[red]✗ fail[/]", "skipped": "[dim]– skipped[/]"}
+    console.print(
+        f"{mark[outcome.status.value]}  [bold]{outcome.gate}[/]: {escape(outcome.summary)}"
+    )
+    for finding in outcome.findings:
+        where = f" ({finding.location})" if finding.location else ""
+        console.print(
+            f"    {finding.severity.value} [bold]{finding.code}[/] "
+            f"{escape(finding.message)}{escape(where)}"
+        )
+        if finding.hint and outcome.status.value == "fail":
+            console.print(f"      hint: {escape(finding.hint)}")
+
+
+def _gate_result(outcome: GateOutcome, format: Format) -> None:
+    if format is Format.json:
+        _json(outcome.to_dict())
+    else:
+        _render_outcome(outcome)
+        figures = {
+            k: v
+            for k, v in outcome.evidence.items()
+            if isinstance(v, int | float | str) and v != ""
+        }
+        if figures:
+            console.print("    " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+    if not outcome.passed:
+        raise typer.Exit(1)
+
+
+@gate_app.command("load")
+def gate_load(
+    env: str = typer.Argument(..., help="Environment where the release to test serves."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Load-test the running release with Locust and compare P50/P95/P99 and the error rate
+    with gates.load; the figures are stored with the release. Exits 1 on a miss."""
+    outcome = api.gate_load(_project(project), env, progress=_say(format is Format.json))
+    _gate_result(outcome, format)
+
+
+@gate_app.command("logs")
+def gate_logs(
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Scan the release's log lines (rehearsal and bake, every environment) for card numbers,
+    e-mail addresses and gates.logs patterns. Values are never shown. Exits 1 on a finding."""
+    _gate_result(api.gate_logs(_project(project), release), format)
+
+
+@gate_app.command("ci")
+def gate_ci(
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Require a passing CI result (gates.ci) for the exact commit the release was sealed
+    from; says how long CI has been red. Exits 1 otherwise."""
+    _gate_result(api.gate_ci(_project(project), release), format)
+
+
+@app.command()
+def gonogo(
+    env: str = typer.Argument(..., help="Environment the release is going to."),
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: ReportFormat = typer.Option(
+        ReportFormat.text, "--format", "-f", help="Output format of the report."
+    ),
+) -> None:
+    """Run or collect every gate (static check, migrations lint and rehearsal, load, posture,
+    logs, CI) and write the go/no-go report, stored with the release (Markdown, HTML, JSON).
+
+    GO only when every gate passes; a gate that cannot decide fails. Exits 1 on NO-GO.
+    """
+    report = api.gonogo(
+        _project(project), env, release, progress=_say(format is not ReportFormat.text)
+    )
+    if format is ReportFormat.json:
+        _json(report.to_dict())
+    elif format is ReportFormat.markdown:
+        sys.stdout.write(report.to_markdown())
+    elif format is ReportFormat.html:
+        sys.stdout.write(report.to_html())
+    else:
+        colour = "green" if report.go else "red"
+        console.print(
+            f"[bold]Go/no-go[/] {report.version} ({report.release_id[:12]}) → {env}: "
+            f"[bold {colour}]{report.verdict}[/]"
+        )
+        for outcome in report.gates:
+            _render_outcome(outcome)
+        console.print(f"  report: {report.files.get('markdown')} (also .html, .json)")
+        if report.go and report.approvals_required:
+            console.print(
+                f"  {env} needs {report.approvals_required} approval(s): "
+                f"`airlock approve {env} --release {report.release_id[:12]}`"
+            )
+    if not report.go:
+        raise typer.Exit(1)
+
+
+@app.command()
+def approve(
+    env: str = typer.Argument(..., help="Environment name."),
+    release: str = typer.Option(..., "--release", "-r", help="The release approved."),
+    by: str | None = typer.Option(None, "--by", help="Who approves (default: user@host)."),
+    note: str | None = typer.Option(None, "--note", help="A note kept with the approval."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Approve a release's GO report for an environment with `approvals: N`."""
+    data = api.approve(_project(project), env, release, approver=by, note=note)
+    if format is Format.json:
+        _json(data)
+        return
+    console.print(
+        f"[green]✓[/] {data['approver']} approved {data['release_id'][:12]} for {env} "
+        f"({data['approvals']} of {data['required']} approval(s))"
+    )
+
+
 @app.command("codes")
 def codes() -> None:
     """List every finding code with what it means."""
+    from airlock.checks.gate import ALL_CODES
     from airlock.db.lint import RULES
 
-    every = {**CODES, **{code: rule.summary for code, rule in RULES.items()}}
+    every = {**ALL_CODES, **{code: rule.summary for code, rule in RULES.items()}}
     for code, meaning in sorted(every.items()):
         console.print(f"[bold]{code}[/]  {meaning}")
 

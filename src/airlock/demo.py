@@ -1,10 +1,12 @@
 """``airlock demo``: the Phoenix example released end to end, on this machine, with traffic.
 
-In a temporary workspace it seals v1 and deploys it to staging, promotes the *same* sealed
-release to production, upgrades production to v2 (blue-green, under traffic), then deploys a bad
-v3 whose payment service never becomes ready: the release is rolled back automatically while the
-previous version keeps serving. A traffic generator sends requests all along; the demo measures
-its own targets and stops everything it started.
+In a temporary workspace it seals v1 and deploys it to staging, load-tests it there, computes the
+go/no-go report for production (static check, migrations rehearsed on a clone of production's
+database, the load figures, the logs of staging's bake), promotes the *same* sealed release to
+production on GO, upgrades production to v2 (blue-green, under traffic), then deploys a bad v3
+whose notification service leaks memory: the bake catches the climb and the release is rolled
+back automatically while the previous version keeps serving. A traffic generator sends requests
+all along; the demo measures its own targets and stops everything it started.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class DemoSummary:
     total_seconds: float = 0.0
     workspace: str = ""
     left_running: list[int] = field(default_factory=list)
+    load: dict[str, Any] = field(default_factory=dict)
+    gonogo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def targets(self) -> dict[str, dict[str, Any]]:
@@ -98,6 +102,11 @@ class DemoSummary:
                 "target": "0",
                 "met": not self.left_running,
             },
+            "gonogo_v1_to_production": {
+                "value": self.gonogo.get("verdict"),
+                "target": "GO",
+                "met": self.gonogo.get("verdict") == "GO",
+            },
         }
 
     @property
@@ -110,6 +119,8 @@ class DemoSummary:
             "total_seconds": round(self.total_seconds, 2),
             "steps": [asdict(s) for s in self.steps],
             "targets": self.targets,
+            "load": self.load,
+            "gonogo": self.gonogo,
             "workspace": self.workspace,
         }
 
@@ -165,7 +176,7 @@ def run_demo(
         Step("deploy v1 to staging", "staging", "v1"),
         Step("promote v1 to production", "production", "v1"),
         Step("upgrade production to v2", "production", "v2"),
-        Step("deploy bad v3 to production", "production", "v3", expected="rolled_back"),
+        Step("deploy leaking v3 to production", "production", "v3", expected="rolled_back"),
     ]
     summary = DemoSummary(steps=steps, workspace=str(root))
     traffic = TrafficGenerator()
@@ -194,6 +205,11 @@ def run_demo(
                 f"  {'[green]✓' if step.ok else '[red]✗'}[/] {step.outcome.replace('_', ' ')} "
                 f"in {step.seconds:.1f}s" + (f": {step.reason}" if step.reason else "")
             )
+            if step.env == "staging":
+                _gates(project, bundle.id, summary, say)
+                if summary.gonogo.get("verdict") != "GO":
+                    say("  [red]✗ NO-GO: v1 is not promoted[/]")
+                    break
         time.sleep(0.5)
         steps[-1].served, steps[-1].failed = window.served, window.failed
     finally:
@@ -212,6 +228,34 @@ def run_demo(
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return summary
+
+
+def _gates(project: Path, release: str, summary: DemoSummary, say: Any) -> None:
+    """Load-test the release on staging, then compute its go/no-go report for production."""
+    say("\n[bold]▸ load test v1 on staging[/] (Locust, headless)")
+    load = api.gate_load(project, "staging")
+    figures = load.evidence
+    summary.load = {
+        "status": load.status.value,
+        **{k: figures.get(k) for k in ("requests", "error_rate", "p50_ms", "p95_ms", "p99_ms")},
+    }
+    say(
+        f"  {'[green]✓' if load.passed else '[red]✗'}[/] {figures.get('requests')} requests, "
+        f"p50 {figures.get('p50_ms')} ms, p95 {figures.get('p95_ms')} ms, "
+        f"p99 {figures.get('p99_ms')} ms, errors {figures.get('error_rate')}"
+    )
+    say("\n[bold]▸ go/no-go for v1 to production[/]")
+    report = api.gonogo(project, "production", release)
+    summary.gonogo = {
+        "verdict": report.verdict,
+        "gates": {o.gate: o.status.value for o in report.gates},
+        "summaries": {o.gate: o.summary for o in report.gates},
+    }
+    marks = {"pass": "[green]✓[/]", "fail": "[red]✗[/]", "skipped": "[dim]–[/]"}
+    for outcome in report.gates:
+        say(f"  {marks[outcome.status.value]} {outcome.gate}: {outcome.summary}")
+    colour = "green" if report.go else "red"
+    say(f"  [bold {colour}]{report.verdict}[/] (report: {Path(report.files['markdown']).name})")
 
 
 def _record(step: Step, result: DeployResult) -> None:
@@ -245,6 +289,9 @@ def render_summary(summary: DemoSummary, console: Console) -> None:
         console.print(
             f"  {mark} {name.replace('_', ' ')}: {target['value']} (target {target['target']})"
         )
+    if summary.gonogo:
+        gates = ", ".join(f"{k} {v}" for k, v in summary.gonogo["gates"].items())
+        console.print(f"  go/no-go v1 → production: [bold]{summary.gonogo['verdict']}[/] ({gates})")
     for step in summary.steps:
         for sample in step.failure_samples:
             console.print(f"  [red]failed request during {step.name}:[/] {sample}")

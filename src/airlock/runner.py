@@ -31,7 +31,19 @@ import psutil
 
 from airlock.bundle import Bundle, latest_release, load_bundle, state_dir
 from airlock.checks import Severity
-from airlock.checks.bake import MemorySample, Verdict, judge_memory
+from airlock.checks.bake import (
+    MIN_REQUESTS,
+    MemorySample,
+    MetricsError,
+    Traffic,
+    Verdict,
+    judge_memory,
+    judge_traffic,
+    latency_count,
+    memory_growth_mb_per_min,
+    parse_metrics,
+    traffic_figures,
+)
 from airlock.db.target import environment_database_url
 from airlock.engine import (
     Abort,
@@ -110,6 +122,7 @@ class DeployResult:
     kept: list[str] = field(default_factory=list)
     endpoints: dict[str, str] = field(default_factory=dict)
     migrations: list[str] = field(default_factory=list)  # applied by this release
+    bake: dict[str, dict[str, Any]] = field(default_factory=dict)  # service -> bake figures
 
     @property
     def detect_seconds(self) -> float | None:
@@ -255,6 +268,12 @@ class _Drive:
         self.memory: dict[str, list[MemorySample]] = {}
         self.bake_verdicts: dict[str, str] = {}
         self.bake_started_at: float | None = None
+        # /metrics during the bake: the first good scrape (baseline) and the latest one.
+        self.traffic_first: dict[str, Traffic] = {}
+        self.traffic_last: dict[str, Traffic] = {}
+        self._scrapes: dict[str, int] = {}
+        self._metrics_misses: dict[str, int] = {}
+        self.bake_figures: dict[str, dict[str, Any]] = {}  # per service, once the bake is over
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -486,16 +505,21 @@ class _Drive:
             result = await self.runtime.probe(instance, model.health)
             if result.ok:
                 self._unhealthy[service] = 0
-                continue
-            self._unhealthy[service] = self._unhealthy.get(service, 0) + 1
-            if self._unhealthy[service] >= 3:
-                await self.feed(
-                    Failed(
-                        service,
-                        f"{service}: health check failed during bake: {result.detail}",
-                        self.clock(),
+            else:
+                self._unhealthy[service] = self._unhealthy.get(service, 0) + 1
+                if self._unhealthy[service] >= 3:
+                    await self.feed(
+                        Failed(
+                            service,
+                            f"{service}: health check failed during bake: {result.detail}",
+                            self.clock(),
+                        )
                     )
-                )
+                    return
+            reason = await self._scrape_metrics(service, instance)
+            if reason is not None:
+                self.bake_verdicts[service] = reason
+                await self.feed(Failed(service, reason, self.clock()))
                 return
 
     def _sample_memory(self, service: str, pid: int | None) -> Verdict | None:
@@ -511,11 +535,164 @@ class _Drive:
         samples.append(MemorySample(self.clock(), rss))
         return judge_memory(samples, budget) if budget is not None else None
 
+    @staticmethod
+    def _clip(text: str) -> str:
+        """``text`` on one line, at most ``PROBE_DETAIL_CHARS`` long, for a reason."""
+        text = " ".join(text.split())
+        if len(text) > PROBE_DETAIL_CHARS:
+            text = text[: PROBE_DETAIL_CHARS - 1] + "…"
+        return text
+
+    def _judges_traffic(self, service: str) -> bool:
+        """Whether the bake reads the service's metrics: it has some, and a gate needs them."""
+        gates = self.project.gates
+        return self.project.services[service].metrics is not None and (
+            gates.error_rate is not None or gates.p95_ms is not None
+        )
+
+    async def _scrape_metrics(self, service: str, instance: str) -> str | None:
+        """Scrape the new instance's metrics and judge its requests since the first scrape
+        against ``gates.error_rate`` and ``gates.p95_ms``: a failure reason, or None so far.
+
+        Metrics that cannot be read (not Prometheus text, a non-2xx answer) fail at once: a
+        bake that cannot judge a service does not let it through. No answer at all counts
+        like a failed health check: three in a row fail.
+        """
+        if not self._judges_traffic(service):
+            return None
+        path = self.project.services[service].metrics or "/metrics"
+        cannot = "the bake cannot judge it, so the release is not let through"
+        result = await self.runtime.fetch(instance, path)
+        if result.status is None:
+            misses = self._metrics_misses[service] = self._metrics_misses.get(service, 0) + 1
+            if misses < 3:
+                return None
+            return self.masker.mask(
+                f"{service}: {path} did not answer during bake ({result.detail}); {cannot}"
+            )
+        self._metrics_misses[service] = 0
+        if not result.ok:
+            return self.masker.mask(
+                f"{service}: {path} answered {result.status} instead of metrics "
+                f"({self._clip(result.detail)}); {cannot}"
+            )
+        if result.truncated:
+            return self.masker.mask(
+                f"{service}: {path} answered more text than Airlock reads "
+                f"({len(result.body) // 1024} KiB read); {cannot}"
+            )
+        try:
+            traffic = parse_metrics(result.body)
+        except MetricsError as exc:
+            why = self._clip(str(exc).removeprefix("not Prometheus text: "))
+            return self.masker.mask(
+                f"{service}: {path} answered something that is not Prometheus text ({why}); "
+                + cannot
+            )
+        self._scrapes[service] = self._scrapes.get(service, 0) + 1
+        first = self.traffic_first.setdefault(service, traffic)
+        self.traffic_last[service] = traffic
+        if first is traffic:
+            return None
+        gates = self.project.gates
+        verdict = judge_traffic(first, traffic, gates.error_rate, gates.p95_ms, MIN_REQUESTS)
+        return None if verdict is None else self.masker.mask(verdict.describe(service))
+
+    def _close_bake(self) -> None:
+        """Journal what the bake measured of each new instance, with the limits and the verdict
+        (once, when the deployment ends), and say which gates went unjudged for lack of traffic.
+        """
+        if self.bake_started_at is None or self.finished is None or self.bake_figures:
+            return
+        gates = self.project.gates
+        outcome = self.finished.outcome
+        for service in self.instances:
+            figures = self._bake_figures(service)
+            if self.finished.failed_service == service:
+                figures["verdict"] = "failed"
+                figures["reason"] = self.masker.mask(self._reason())
+            else:
+                figures["verdict"] = "passed" if outcome == "succeeded" else "rolled back"
+            unjudged = figures.get("not_judged")
+            if unjudged and outcome == "succeeded":
+                self._emit("bake", service, f"{service}: {unjudged}")
+            self.bake_figures[service] = figures
+        ended = self.detected_at if self.detected_at is not None else self.clock()
+        self.store.journal(
+            self.deployment_id,
+            "bake",
+            {
+                "outcome": outcome,
+                "seconds": round(ended - self.bake_started_at, 2),
+                "limits": {
+                    "memory_growth_mb_per_min": gates.memory_growth_mb_per_min,
+                    "error_rate": gates.error_rate,
+                    "p95_ms": gates.p95_ms,
+                    "min_requests": MIN_REQUESTS,
+                },
+                "services": self.bake_figures,
+            },
+        )
+
+    def _bake_figures(self, service: str) -> dict[str, Any]:
+        """One new instance's bake figures: memory, and requests from its metrics."""
+        gates = self.project.gates
+        samples = self.memory.get(service, [])
+        growth = memory_growth_mb_per_min(samples)
+        figures: dict[str, Any] = {
+            "memory_mb": round(samples[-1].rss_bytes / 2**20, 1) if samples else None,
+            "memory_mb_per_min": round(growth, 2) if growth is not None else None,
+            "scrapes": self._scrapes.get(service, 0),
+            "requests": None,
+            "errors": None,
+            "error_rate": None,
+            "p95_ms": None,
+            "limits": {
+                "memory_growth_mb_per_min": gates.memory_growth_mb_per_min,
+                "error_rate": gates.error_rate,
+                "p95_ms": gates.p95_ms,
+            },
+        }
+        first, last = self.traffic_first.get(service), self.traffic_last.get(service)
+        if first is not None and last is not None:
+            figures.update(traffic_figures(first, last))
+            if figures["error_rate"] is not None:
+                figures["error_rate"] = round(figures["error_rate"], 4)
+        if not self._judges_traffic(service):
+            return figures
+        path = self.project.services[service].metrics
+        unjudged = [
+            name
+            for name, limit, counted in (
+                ("error rate", gates.error_rate, figures["requests"] or 0),
+                (
+                    "p95 latency",
+                    gates.p95_ms,
+                    latency_count(first, last) if first is not None and last is not None else 0,
+                ),
+            )
+            if limit is not None and counted < MIN_REQUESTS
+        ]
+        if not unjudged:
+            return figures
+        if self._scrapes.get(service, 0) < 2:
+            why = f"{path} was not read twice during the bake"
+        elif not figures["requests"]:
+            why = "no requests reached the new version during the bake"
+        else:
+            why = (
+                f"only {figures['requests']:.0f} requests during the bake, fewer than the "
+                f"{MIN_REQUESTS} needed"
+            )
+        figures["not_judged"] = f"{' and '.join(unjudged)} not judged: {why}"
+        return figures
+
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def record_outcome(self) -> None:
         """Write what serves now to the state store and close the deployment."""
         assert self.finished is not None
+        self._close_bake()
         if self.finished.outcome == "succeeded":
             for service in self.plan.services:
                 if service.action == "start":
@@ -559,21 +736,12 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     linter enforces), so a release that fails later rolls its services back and leaves the schema
     as migrated: no write made since is thrown away.
     """
-    project = drive.project
-    database = project.environments[drive.env].database
-    if project.database is None or not project.database.migrations or database is None:
-        return
     from airlock.db import api as db
-    from airlock.db.target import resolve
+    from airlock.db.target import release_target
 
-    target = resolve(
-        project=project,
-        env=drive.env,
-        database_url=None,
-        # The sealed migrations, not the working tree's.
-        migrations=drive.bundle.files_dir / project.database.migrations,
-        state_root=project_root,
-    )
+    target = release_target(drive.bundle, drive.env, project_root)
+    if target is None:
+        return
     drive.masker.add(*target.masker.values)
     drive._emit("migrate", None, f"migrating {target.display}")
     outcome = db.migrate(
@@ -620,13 +788,25 @@ async def deploy_async(
     kind: str = "deploy",
     progress: Progress | None = None,
     runtime: Runtime | None = None,
+    override_reason: str | None = None,
 ) -> DeployResult:
-    """Deploy a sealed release to ``env``; roll it back automatically on any failure."""
+    """Deploy a sealed release to ``env``; roll it back automatically on any failure.
+
+    An environment with ``approvals: N`` needs a GO report and N approvals first (see
+    :mod:`airlock.gonogo`), or an ``override_reason``, journaled with the deployment. A rollback
+    to a release that served before needs neither.
+    """
     started = time.monotonic()
     bundle = load_bundle(project_root, release) if release else latest_release(project_root)
     bundle.verify()
     project = bundle.project
     require_env(project, env)
+    approval: dict[str, Any] | None = None
+    if kind != "rollback":
+        from airlock.gonogo import check_approvals
+
+        with open_state(project_root) as store:
+            approval = check_approvals(store, project, env, bundle, override_reason)
     _static_gate(project, env, project_root)
     secrets_ = resolve_secrets(project, env, bundle.config(env), project_root)
     with open_state(project_root) as store:
@@ -641,6 +821,8 @@ async def deploy_async(
             previous_release_id=plan.previous_release,
             plan=plan.to_dict(),
         )
+        if approval is not None:
+            store.journal(deployment_id, "approval", approval)
         drive = _Drive(
             store=store,
             deployment_id=deployment_id,
@@ -761,6 +943,7 @@ def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         kept=[s.name for s in drive.plan.services if s.action == "keep"],
         endpoints={name: f"http://127.0.0.1:{port}" for name, port in drive.ports.items()},
         migrations=drive.migrations_applied,
+        bake=drive.bake_figures,
     )
     drive._emit("done", None, f"{kind} {result.outcome}")
     return result

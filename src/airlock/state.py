@@ -439,10 +439,17 @@ class StateStore:
             cursor = db.execute(
                 "INSERT INTO gate_runs (env, release_id, gate, passed, at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (env, release_id, gate, int(passed), at, json.dumps(dict(body))),
+                (env, release_id, gate, int(passed), at, json.dumps(dict(body), default=str)),
             )
         assert cursor.lastrowid is not None
         return GateRun(cursor.lastrowid, env, release_id, gate, passed, at, dict(body))
+
+    def update_gate(self, run_id: int, *, body: Mapping[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE gate_runs SET body = ? WHERE id = ?",
+                (json.dumps(dict(body), default=str), run_id),
+            )
 
     def gate_runs(
         self, release_id: str, *, gate: str | None = None, env: str | None = None

@@ -16,8 +16,25 @@ from airlock.traffic import TrafficGenerator, phoenix_requests
 from ..conftest import ProjectFactory, apply_overlay, running_from
 
 
+def make_payment_wait_for_fraud_check(phoenix: Path) -> None:
+    """A 3.0.0 whose payment is alive but never ready: it waits for a fraud-check service that
+    this environment does not have."""
+    payment = phoenix / "services" / "payment.py"
+    anchor = "    service.add_readiness_check(database.readiness_problem)\n"
+    source = payment.read_text()
+    assert anchor in source
+    payment.write_text(
+        source.replace(
+            anchor,
+            anchor
+            + '    service.add_readiness_check(lambda: "fraud-check not configured (FRAUD_URL)")\n',
+        )
+    )
+    (phoenix / "services" / "version.py").write_text('VERSION = "3.0.0"\n')
+
+
 def test_a_never_ready_payment_gets_no_traffic_and_is_rolled_back(phoenix: Path) -> None:
-    """v3 payment never becomes ready: no request reaches it, v2 serves throughout."""
+    """A new payment that never becomes ready gets no request; v2 serves throughout."""
     apply_overlay(phoenix, "v2")
     api.build(phoenix, "v2")
     good = api.deploy(phoenix, "production")
@@ -27,7 +44,7 @@ def test_a_never_ready_payment_gets_no_traffic_and_is_rolled_back(phoenix: Path)
     traffic.add(phoenix_requests(good.endpoints))
     with traffic:
         during = traffic.window("v3")
-        apply_overlay(phoenix, "v3")
+        make_payment_wait_for_fraud_check(phoenix)
         api.build(phoenix, "v3")
         bad = api.deploy(phoenix, "production")
         for _ in range(20):

@@ -12,7 +12,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import httpx
+
+from airlock import api
 from airlock.checks.logscan import scan_logs, scan_responses
+
+from ..conftest import ProjectFactory, airlock
 
 CARD = "4111111111111111"
 EMAIL = "maria.lopez@example.com"
@@ -91,3 +96,32 @@ def test_card_and_email_logged_by_a_running_service_are_found_masked(tmp_path: P
     assert EMAIL not in output and "maria" not in output
 
     assert scan_responses(replies) == []  # the responses themselves do not echo the data
+
+
+def test_a_card_number_in_the_logs_makes_it_no_go_without_echoing_the_number(
+    make_project: ProjectFactory,
+) -> None:
+    """A release whose service logs card numbers during its staging bake is NO-GO for
+    production: the log gate names the file and line, and never shows the number."""
+    project = make_project(
+        {"web": {"config": {"VERSION": "w-1", "LOG_CARD": CARD}}},
+        environments={"staging": {}, "production": {}},
+        gates={"bake": "0.5s", "ready_timeout": "5s", "logs": {}},
+    )
+    api.build(project, "v1")
+    staging = api.deploy(project, "staging")
+    httpx.get(staging.endpoints["web"] + "/")
+
+    result = airlock("gonogo", "production", "--format", "json", cwd=project)
+
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "NO-GO"
+    logs = next(g for g in data["gates"] if g["gate"] == "logs")
+    assert logs["status"] == "fail"
+    card = next(f for f in logs["findings"] if f["code"] == "logs.card-number")
+    assert card["location"]["file"].endswith("envs/staging/logs/web.log")
+    assert isinstance(card["location"]["line"], int) and card["location"]["line"] > 1
+    assert CARD not in result.stdout + result.stderr
+    for path in data["files"].values():
+        assert CARD not in Path(path).read_text()

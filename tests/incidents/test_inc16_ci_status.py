@@ -12,7 +12,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from airlock import api
 from airlock.checks.ci import ci_status, current_commit
+
+from ..conftest import ProjectFactory, airlock
 
 NOW = datetime(2024, 5, 4, 12, 0, tzinfo=UTC)
 GIT = ["-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
@@ -82,3 +85,49 @@ def test_green_for_another_commit_does_not_count(tmp_path: Path) -> None:
     cmd = f"{sys.executable} {stale} {{commit}}"
     [finding] = ci_status(repo, command=cmd).findings
     assert finding.code == "ci.not-this-commit"
+
+
+def test_the_go_no_go_for_a_red_commit_is_no_go_and_production_refuses_it(
+    make_project: ProjectFactory, tmp_path: Path
+) -> None:
+    """The release sealed from a commit whose CI is red since three days: the go/no-go report
+    says NO-GO and for how long, production (approvals: 1) refuses it; once CI is green for
+    that same commit, the report is GO."""
+    status_file = tmp_path / "ci-results.json"
+    script = tmp_path / "ci-status.py"
+    script.write_text(
+        "import json, sys\n"
+        f"results = json.load(open({str(status_file)!r}))\n"
+        "print(json.dumps(results.get(sys.argv[1], {'state': 'pending'})))\n"
+    )
+    project = make_project(
+        {"web": {"config": {"VERSION": "w-1"}}},
+        environments={"staging": {}, "production": {"approvals": 1}},
+        gates={
+            "bake": "0.5s",
+            "ready_timeout": "5s",
+            "ci": {"command": f"{sys.executable} {script} {{commit}}", "timeout": "10s"},
+        },
+    )
+    (project / ".gitignore").write_text(".airlock/\n")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(project), *GIT, "commit", "-qm", "v1"], check=True)
+    head = current_commit(project)
+    since = (datetime.now(UTC) - timedelta(days=3, minutes=5)).isoformat()
+    status_file.write_text(json.dumps({head: {"state": "failure", "since": since}}))
+    bundle, _ = api.build(project, "v1")
+    assert bundle.commit == head and not bundle.dirty
+
+    result = airlock("gonogo", "production", "--format", "json", cwd=project)
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    ci = next(g for g in report["gates"] if g["gate"] == "ci")
+    assert report["verdict"] == "NO-GO" and ci["status"] == "fail"
+    assert "3 days" in ci["summary"], ci["summary"]
+    refused = airlock("deploy", "production", cwd=project)
+    assert refused.returncode == 1 and "NO-GO (ci)" in refused.stderr
+
+    status_file.write_text(json.dumps({head: {"state": "success"}}))
+    assert api.gonogo(project, "production").verdict == "GO"

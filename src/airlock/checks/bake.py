@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 MIN_SAMPLES = 6
 MIN_SPAN_SECONDS = 3.0
 MIN_GROWTH_MB = 4.0  # below this, a "trend" is noise whatever its slope
+MIN_REQUESTS = 20  # fewer requests since the first scrape: error rate and p95 are not judged
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,28 @@ def memory_growth_mb_per_min(samples: Sequence[MemorySample]) -> float | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Why a new instance fails its bake (``None`` from :func:`judge` when it passes)."""
+    """Why a new instance fails its bake (``None`` from the ``judge_*`` functions when it passes).
+
+    ``unit`` is how the figures read: ``""`` (as they are), ``"%"`` (``value`` and ``threshold``
+    are shares of 1, shown as percentages) or a unit written after them (``"ms"``). ``detail``
+    is appended in parentheses.
+    """
 
     figure: str
     value: float
     threshold: float
+    unit: str = ""
+    detail: str = ""
 
     def describe(self, service: str) -> str:
-        return f"{service}: {self.figure} {self.value:.1f} above the limit of {self.threshold:g}"
+        if self.unit == "%":
+            value, limit = f"{self.value * 100:.1f}%", f"{self.threshold * 100:g}%"
+        elif self.unit:
+            value, limit = f"{self.value:g} {self.unit}", f"{self.threshold:g} {self.unit}"
+        else:
+            value, limit = f"{self.value:.1f}", f"{self.threshold:g}"
+        text = f"{service}: {self.figure} {value} above the limit of {limit}"
+        return f"{text} ({self.detail})" if self.detail else text
 
 
 def judge_memory(samples: Sequence[MemorySample], budget_mb_per_min: float) -> Verdict | None:
@@ -124,4 +139,67 @@ def p95_ms(first: Traffic, last: Traffic) -> float | None:
     for bound, count in zip(bounds, counts, strict=True):
         if count >= wanted:
             return None if math.isinf(bound) else bound * 1000.0
+    return None
+
+
+def latency_count(first: Traffic, last: Traffic) -> float:
+    """Requests the latency histogram counted between two scrapes (its largest bucket)."""
+    if not last.buckets:
+        return 0.0
+    top = max(last.buckets)
+    return last.buckets[top] - first.buckets.get(top, 0.0)
+
+
+def traffic_figures(first: Traffic, last: Traffic) -> dict[str, float | None]:
+    """What happened between two scrapes, for a record: requests, 5xx, their share, p95."""
+    return {
+        "requests": last.requests - first.requests,
+        "errors": last.errors - first.errors,
+        "error_rate": error_rate(first, last),
+        "p95_ms": p95_ms(first, last),
+    }
+
+
+def judge_traffic(
+    first: Traffic,
+    last: Traffic,
+    error_rate_limit: float | None,
+    p95_limit_ms: float | None,
+    min_requests: float = MIN_REQUESTS,
+) -> Verdict | None:
+    """Judge the requests between two scrapes against the gates (``None``: passes so far).
+
+    Each figure is judged only once ``min_requests`` requests were counted for it, so one
+    failure among the first two requests does not fail a release. The p95 is the upper bound of
+    the histogram bucket it falls in; one beyond the largest finite bucket fails a gate below
+    that bucket's bound.
+    """
+    if error_rate_limit is not None:
+        requests = last.requests - first.requests
+        rate = error_rate(first, last)
+        if requests >= min_requests and rate is not None and rate > error_rate_limit:
+            errors = last.errors - first.errors
+            return Verdict(
+                "error rate",
+                rate,
+                error_rate_limit,
+                unit="%",
+                detail=f"{errors:.0f} of {requests:.0f} requests answered 5xx",
+            )
+    if p95_limit_ms is not None:
+        observed = latency_count(first, last)
+        if observed < min_requests:
+            return None
+        value = p95_ms(first, last)
+        detail = f"over {observed:.0f} requests"
+        if value is None:
+            # The 95th percentile is in the +Inf bucket: slower than every finite bound.
+            finite = [b for b in last.buckets if not math.isinf(b)]
+            if not finite or max(finite) * 1000.0 < p95_limit_ms:
+                return None
+            value = max(finite) * 1000.0
+            detail += f"; it is beyond the histogram's largest bucket, {value:g} ms"
+            return Verdict("p95 latency", value, p95_limit_ms, unit="ms", detail=detail)
+        if value > p95_limit_ms:
+            return Verdict("p95 latency", value, p95_limit_ms, unit="ms", detail=detail)
     return None

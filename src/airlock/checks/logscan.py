@@ -15,6 +15,11 @@ Files are read in blocks of whole lines, so memory stays flat whatever their siz
 value found on many lines of one file gives one finding, with the first line, up to
 :data:`MAX_LINES` line numbers and the count.
 
+A ``line_prefix`` scans only the lines that begin with it (a string, or a regular expression
+matched at the start of the line), e.g. the ``[web-1a2b3c4d-...] `` lines one release's
+instances wrote to a service log; the prefix itself is not scanned, and line numbers stay those
+of the file. :func:`scan_log_files` also says how many lines of each file were scanned.
+
 Nothing here prints, stores or raises a found value: findings carry only a masked form (a card
 keeps its last four digits, ``************4242``; an e-mail its first letter and domain,
 ``j***@example.com``).
@@ -281,25 +286,103 @@ def _findings(where: str, hits: dict[tuple[str, str], _Hit]) -> list[Finding]:
     return findings
 
 
+#: Which lines of a log file are scanned: those starting with a string, or with a match of a
+#: regular expression (``re.match`` at the start of the line).
+LinePrefix = str | re.Pattern[str]
+
+
+@dataclass
+class LogScan:
+    """What :func:`scan_log_files` found, and how many lines of each file it scanned."""
+
+    findings: list[Finding] = field(default_factory=list)
+    #: file (as given) -> lines scanned (with a ``line_prefix``: the lines that begin with it)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_lines(self) -> int:
+        return sum(self.lines.values())
+
+
+def _keep_prefixed(text: str, prefix: LinePrefix) -> tuple[str, int]:
+    """``text`` with every line not starting with ``prefix`` emptied and the prefix cut off the
+    others (so line numbers are unchanged), and the number of lines kept."""
+    if isinstance(prefix, str):
+        if prefix not in text:
+            return "", 0
+        literal = prefix
+
+        def cut(line: str) -> int | None:
+            return len(literal) if line.startswith(literal) else None
+
+    else:
+        regex = prefix
+
+        def cut(line: str) -> int | None:
+            m = regex.match(line)
+            return None if m is None else m.end()
+
+    lines = text.split("\n")
+    kept = 0
+    for i, line in enumerate(lines):
+        at = cut(line)
+        if at is not None:
+            lines[i] = line[at:]
+            kept += 1
+        elif line:
+            lines[i] = ""
+    return "\n".join(lines), kept
+
+
+def _line_count(text: str) -> int:
+    return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+
+
+def scan_log_files(
+    paths: Iterable[Path],
+    *,
+    patterns: Mapping[str, str] = {},
+    emails: bool = True,
+    line_prefix: LinePrefix | None = None,
+) -> LogScan:
+    """Like :func:`scan_logs`, also counting the lines scanned in each file."""
+    detector = _Detector(patterns, emails)
+    result = LogScan()
+    for path in paths:
+        hits: dict[tuple[str, str], _Hit] = {}
+        scanned = 0
+        try:
+            for text, first_line in _blocks(path):
+                if line_prefix is None:
+                    scanned += _line_count(text)
+                else:
+                    text, kept = _keep_prefixed(text, line_prefix)
+                    scanned += kept
+                    if not kept:
+                        continue
+                detector.scan(text, first_line, hits)
+        except OSError as exc:
+            raise UsageError(f"cannot read log file {path}: {exc.strerror or exc}") from None
+        result.lines[str(path)] = result.lines.get(str(path), 0) + scanned
+        result.findings.extend(_findings(str(path), hits))
+    return result
+
+
 def scan_logs(
-    paths: Iterable[Path], *, patterns: Mapping[str, str] = {}, emails: bool = True
+    paths: Iterable[Path],
+    *,
+    patterns: Mapping[str, str] = {},
+    emails: bool = True,
+    line_prefix: LinePrefix | None = None,
 ) -> list[Finding]:
     """Scan log files for card numbers, e-mail addresses (if ``emails``) and ``patterns``.
 
     ``patterns`` maps a name to a regular expression (matched with ``re.MULTILINE``); an invalid
     one raises :class:`UsageError` naming it. A missing or unreadable file raises UsageError.
+    With ``line_prefix`` (a string, or a regular expression matched at the start of a line) only
+    the lines beginning with it are scanned, without the prefix; line numbers are the file's.
     """
-    detector = _Detector(patterns, emails)
-    findings: list[Finding] = []
-    for path in paths:
-        hits: dict[tuple[str, str], _Hit] = {}
-        try:
-            for text, first_line in _blocks(path):
-                detector.scan(text, first_line, hits)
-        except OSError as exc:
-            raise UsageError(f"cannot read log file {path}: {exc.strerror or exc}") from None
-        findings.extend(_findings(str(path), hits))
-    return findings
+    return scan_log_files(paths, patterns=patterns, emails=emails, line_prefix=line_prefix).findings
 
 
 def scan_responses(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import state_dir
+from airlock.bundle import Bundle, state_dir
 from airlock.db.connect import connect, display_url, password_of, with_database
 from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
@@ -112,6 +112,25 @@ def environment_database_url(
 
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return info.url(name), [info.password]
+
+
+def release_target(bundle: Bundle, env: str, state_root: Path) -> Target | None:
+    """``env``'s database with the release's *sealed* migrations (not the working tree's), or
+    None when the release has no migrations or the environment no database."""
+    project = bundle.project
+    if (
+        project.database is None
+        or not project.database.migrations
+        or project.environments[env].database is None
+    ):
+        return None
+    return resolve(
+        project=project,
+        env=env,
+        database_url=None,
+        migrations=bundle.files_dir / project.database.migrations,
+        state_root=state_root,
+    )
 
 
 def resolve(

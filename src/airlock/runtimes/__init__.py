@@ -50,6 +50,26 @@ class ProbeResult:
     exited: bool = False
 
 
+@dataclass(frozen=True)
+class FetchResult:
+    """One GET of a path on an instance, for the runner to read (e.g. its ``/metrics``).
+
+    ``status`` is ``None`` when no answer came (refused, timed out, instance gone); ``detail`` is
+    one line saying what happened, for messages. ``body`` is at most the runtime's size limit;
+    ``truncated`` says the answer was longer.
+    """
+
+    status: int | None
+    detail: str
+    body: str = ""
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether the instance answered 2xx."""
+        return self.status is not None and 200 <= self.status < 300
+
+
 class Runtime(Protocol):
     """The handful of operations the runner needs from a target."""
 
@@ -61,6 +81,10 @@ class Runtime(Protocol):
 
     async def probe(self, instance_id: str, path: str) -> ProbeResult:
         """GET ``path`` on the instance itself (not through the stable port)."""
+
+    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+        """GET ``path`` on the instance itself and return what it answered; never raises for
+        an instance that does not answer (``status`` is ``None`` then)."""
 
     async def switch(self, service: str, instance_id: str) -> None:
         """Route the service's new requests to ``instance_id``; in-flight ones finish."""

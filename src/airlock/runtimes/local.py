@@ -41,7 +41,7 @@ import psutil
 
 import airlock
 from airlock.errors import AirlockError, PortInUseError, RuntimeFailure
-from airlock.runtimes import InstanceSpec, InstanceStatus, ProbeResult
+from airlock.runtimes import FetchResult, InstanceSpec, InstanceStatus, ProbeResult
 from airlock.runtimes.agent import (
     AGENT_FILE,
     EXIT_ALREADY_RUNNING,
@@ -57,6 +57,9 @@ __all__ = ["LocalRuntime", "agent_running", "log_path", "stop_environment"]
 AGENT_START_TIMEOUT = 10.0
 #: Time a probe request gets.
 PROBE_TIMEOUT = 1.0
+#: Time a fetch (e.g. a scrape of ``/metrics``) gets, and the most of its body that is read.
+FETCH_TIMEOUT = 2.0
+FETCH_LIMIT = 1024 * 1024
 #: Time ``stop_environment`` waits for the agent to stop everything and exit.
 SHUTDOWN_TIMEOUT = 3 * TERM_GRACE + 5.0
 _AGENT_LOG = "agent.log"
@@ -277,7 +280,7 @@ class LocalRuntime:
         exited = not inst.running or inst.exits > 0
         url = f"http://127.0.0.1:{inst.port}{path}"
         try:
-            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+            async with _local_client(PROBE_TIMEOUT) as client:
                 response = await client.get(url)
         except httpx.ConnectError:
             return ProbeResult(False, f"GET {path} → connection refused", exited)
@@ -290,6 +293,47 @@ class LocalRuntime:
         body = _explain(response.text)
         detail = f"GET {path} → {response.status_code}" + (f": {body}" if body else "")
         return ProbeResult(False, detail, exited)
+
+    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+        """GET ``path`` on the instance's own port; its status and (at most ``FETCH_LIMIT``
+        bytes of) body. No answer within ``FETCH_TIMEOUT`` gives ``status=None``, never an
+        exception."""
+        path = path if path.startswith("/") else "/" + path
+        try:
+            found = [s for s in await self.status() if s.instance_id == instance_id]
+        except AirlockError as exc:
+            return FetchResult(None, f"GET {path} → {exc.message.splitlines()[0]}")
+        if not found:
+            return FetchResult(
+                None, f"instance {instance_id} is not running in environment {self.env!r}"
+            )
+        url = f"http://127.0.0.1:{found[0].port}{path}"
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with (
+                _local_client(FETCH_TIMEOUT) as client,
+                client.stream("GET", url) as response,
+            ):
+                async for chunk in response.aiter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > FETCH_LIMIT:
+                        break
+        except httpx.ConnectError:
+            return FetchResult(None, f"GET {path} → connection refused")
+        except httpx.TimeoutException:
+            return FetchResult(None, f"GET {path} → no answer within {FETCH_TIMEOUT:g} s")
+        except httpx.HTTPError as exc:
+            return FetchResult(None, f"GET {path} → {type(exc).__name__}")
+        data = b"".join(chunks)
+        truncated = len(data) > FETCH_LIMIT
+        text = data[:FETCH_LIMIT].decode(response.encoding or "utf-8", errors="replace")
+        detail = f"GET {path} → {response.status_code}"
+        if not 200 <= response.status_code < 300:
+            body = _explain(text)
+            detail += f": {body}" if body else ""
+        return FetchResult(response.status_code, detail, text, truncated)
 
     async def switch(self, service: str, instance_id: str) -> None:
         """Route the service's next requests to ``instance_id``."""
@@ -477,6 +521,13 @@ class LocalRuntime:
             f"local runtime, environment {self.env!r}: {message}",
             hint=hints.get(code, self._log_hint()),
         )
+
+
+def _local_client(timeout: float) -> httpx.AsyncClient:
+    """A client for plain HTTP on 127.0.0.1: no proxies from the environment, and no TLS
+    context (loading the CA bundle costs ~70 ms a client, and the bake polls every instance
+    several times a second)."""
+    return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=False)
 
 
 def _status(data: dict[str, Any]) -> InstanceStatus:
