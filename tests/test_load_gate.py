@@ -121,6 +121,31 @@ def test_failing_requests_fail_the_error_rate(make_project: ProjectFactory) -> N
     assert not run.passed and run.body["findings"][0]["code"] == "load.error-rate"
 
 
+def test_responses_that_leak_card_numbers_fail_the_gate_masked(
+    make_project: ProjectFactory,
+) -> None:
+    """INC15, the site leaking card numbers: with gates.logs set, sampled responses are scanned
+    too; the finding names the request and never shows the number."""
+    card = "4111 1111 1111 1111"
+    project = make_project(
+        {"api": {"endpoints": ["GET /", "GET /healthz"], "config": {"VERSION": f"card {card}"}}},
+        gates={**gates(p95_ms=1000), "logs": {}},
+    )
+    release = deployed(project)
+    outcome = run_load_gate(project, "staging")
+
+    assert outcome.status is Status.FAIL
+    assert codes(outcome) == ["logs.card-number"]
+    assert outcome.findings[0].location is not None
+    assert outcome.findings[0].location.file == "response to api GET /"
+    assert outcome.evidence["responses_scanned"] >= 2
+    stored = json.dumps(outcome.to_dict())
+    assert card not in stored and card.replace(" ", "") not in stored
+    with open_state(project) as store:
+        (run,) = store.gate_runs(release, gate="load")
+    assert card not in json.dumps(run.body)
+
+
 def test_the_projects_locustfile_is_used(make_project: ProjectFactory) -> None:
     """A locustfile reaches services through AIRLOCK_URL_<SERVICE>; a user class without a host
     gets the first running service in airlock.yaml order."""

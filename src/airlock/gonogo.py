@@ -39,7 +39,7 @@ from typing import Any
 from airlock.bundle import Bundle, latest_release, load_bundle
 from airlock.checks import Finding, Severity
 from airlock.checks.outcome import GateOutcome, Status
-from airlock.errors import AirlockError, GateFailed, UsageError
+from airlock.errors import AirlockError, GateFailed, StateError, UsageError
 from airlock.model import Project
 from airlock.state import Approval, GateRun, StateStore
 
@@ -64,7 +64,7 @@ class Report:
 
     @property
     def go(self) -> bool:
-        return all(outcome.passed for outcome in self.gates)
+        return bool(self.gates) and all(outcome.passed for outcome in self.gates)
 
     @property
     def verdict(self) -> str:
@@ -218,10 +218,10 @@ def run(
         approvals_required=project.environments[env].approvals,
     )
     with open_state(project_root) as store:
-        stored = store.record_gate(env, bundle.id, GONOGO, passed=report.go, body={})
+        stored = store.record_gate(env, bundle.id, GONOGO, passed=report.go, body=report.to_dict())
         report.id = stored.id
         report.files = _write_files(bundle, report)
-        store.update_gate(stored.id, body=report.to_dict())
+        store.update_gate(stored.id, body=report.to_dict())  # now with its id and files
     return report
 
 
@@ -236,7 +236,6 @@ def _guarded(name: str, step: Callable[[], GateOutcome]) -> GateOutcome:
 
 def _write_files(bundle: Bundle, report: Report) -> dict[str, str]:
     folder = bundle.path / "reports"
-    folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"gonogo-{report.env}-{report.id}"
     files = {
         "json": stem.with_suffix(".json"),
@@ -244,9 +243,16 @@ def _write_files(bundle: Bundle, report: Report) -> dict[str, str]:
         "html": stem.with_suffix(".html"),
     }
     report.files = {kind: str(path) for kind, path in files.items()}
-    files["json"].write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    files["markdown"].write_text(report.to_markdown())
-    files["html"].write_text(report.to_html())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files["json"].write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        files["markdown"].write_text(report.to_markdown())
+        files["html"].write_text(report.to_html())
+    except OSError as exc:
+        raise StateError(
+            f"cannot write the go/no-go report under {folder}: {exc.strerror or exc}",
+            hint="check that folder's permissions; the report is also in the state store",
+        ) from None
     return report.files
 
 

@@ -54,6 +54,9 @@ CODES: dict[str, str] = {
 
 GATE = "load"
 
+RESPONSE_SAMPLES = 3
+"""Response bodies kept per request name, scanned for personal data when gates.logs is set."""
+
 STOP_GRACE_S = 10.0
 """When the load ends, users get this long to finish the request they are waiting for."""
 
@@ -228,6 +231,7 @@ def run_load(
         "spawn_rate": config.spawn_rate,
         "duration": config.duration,
         "stop_timeout": STOP_GRACE_S,
+        "samples": RESPONSE_SAMPLES if project.gates.logs is not None else 0,
     }
     if config.locustfile:
         path = (project.root / config.locustfile).resolve()
@@ -279,9 +283,13 @@ def run_load(
         findings.append(problem)
     else:
         assert result is not None
+        samples = result.pop("samples", None) or []  # bodies: scanned, never kept
         figures = _evidence_figures(result)
         evidence.update(figures)
         findings += judge(result, config, project)
+        findings += _personal_data(project, samples)
+        if project.gates.logs is not None:
+            evidence["responses_scanned"] = len(samples)
         if progress:
             progress(
                 f"load: {figures['requests']} requests, p95 {figures['p95_ms']} ms, "
@@ -291,6 +299,24 @@ def run_load(
 
 
 # -- judging -------------------------------------------------------------------------------------
+
+
+def _personal_data(project: Project, samples: list[dict[str, Any]]) -> list[Finding]:
+    """Card numbers, e-mail addresses and ``gates.logs`` patterns in sampled responses (INC15:
+    the site itself leaking card numbers); values masked."""
+    from airlock.checks.logscan import scan_responses
+
+    logs = project.gates.logs
+    if logs is None or not samples:
+        return []
+    grouped: dict[str, list[str]] = {}
+    for sample in samples:  # one finding per request and value, not per sampled response
+        grouped.setdefault(f"response to {sample['name']}", []).append(str(sample["body"]))
+    bodies = [(label, "\n".join(texts).encode()) for label, texts in grouped.items()]
+    try:
+        return scan_responses(bodies, patterns=logs.patterns, emails=logs.emails)
+    except UsageError as exc:  # an invalid pattern: the logs gate reports it too
+        return [Finding("load.unavailable", Severity.ERROR, exc.message, hint=exc.hint)]
 
 
 def judge(result: Mapping[str, Any], config: LoadGateModel, project: Project) -> list[Finding]:

@@ -13,11 +13,13 @@ The spec (JSON) holds::
     targets      [{name, method, url}] for the default user (mode "default")
     host         base URL given to user classes that declare no ``host``
     users, spawn_rate, duration, stop_timeout
+    samples      how many response bodies to keep per request name (0: none)
     result       where to write the result
 
 The result (JSON), written atomically, is either the figures (``requests``, ``failures``,
 ``answered``, ``p50_ms`` … ``p99_ms``, ``rps``, ``duration_s``, ``users``, ``entries``,
-``errors``, ``exceptions``) or ``{"error": message, "kind": ..., "file": ..., "line": ...}``
+``errors``, ``exceptions``, and ``samples``: response bodies for the parent to scan for personal
+data, never stored) or ``{"error": message, "kind": ..., "file": ..., "line": ...}``
 when the load test could not run. Nothing is printed on purpose: the parent captures stdout and
 stderr and only shows their last lines when this process crashes.
 """
@@ -52,6 +54,9 @@ EXIT_LOCUSTFILE = 3
 
 MAX_ERRORS = 5
 """Distinct failure messages and exceptions kept in the result."""
+
+SAMPLE_BYTES = 64 * 1024
+"""At most this much of each sampled response body is kept."""
 
 WAIT_BETWEEN = (0.1, 0.5)
 """Think time of the default user between two requests, in seconds."""
@@ -207,12 +212,19 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         stop_timeout=float(spec["stop_timeout"]),
     )
     answered = 0
+    per_name = int(spec.get("samples") or 0)
+    samples: dict[str, list[str]] = {}
 
-    def on_request(response: Any = None, exception: Any = None, **_: Any) -> None:
+    def on_request(name: str = "", response: Any = None, exception: Any = None, **_: Any) -> None:
         nonlocal answered
         code = getattr(response, "status_code", None)
         if (code > 0) if isinstance(code, int) else exception is None:
             answered += 1
+        kept = samples.setdefault(name, [])
+        if response is not None and len(kept) < per_name:
+            body = getattr(response, "content", None) or b""
+            if isinstance(body, bytes) and body:
+                kept.append(body[:SAMPLE_BYTES].decode("utf-8", errors="replace"))
 
     exceptions = _Exceptions(root)
     environment.events.request.add_listener(on_request)  # type: ignore[no-untyped-call]
@@ -250,6 +262,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             for e in errors
         ],
         "exceptions": exceptions.top(),
+        "samples": [
+            {"name": name, "body": body} for name, kept in samples.items() for body in kept
+        ],
     }
     runner.quit()
     return result
