@@ -93,6 +93,13 @@ def test_production_refuses_a_deploy_without_a_go_report_and_approvals(
     with open_state(project) as store:
         records = store.records(result.deployment_id, "approval")
     assert records and records[0]["body"]["approvers"] == ["alice", "bob"]
+    shown = json.loads(
+        airlock("release", "show", bundle.id, "--format", "json", cwd=project).stdout
+    )
+    assert [(g["gate"], g["env"], g["passed"]) for g in shown["record"]["gates"]] == [
+        ("gonogo", "production", True)
+    ]
+    assert [a["approver"] for a in shown["record"]["approvals"]["production"]] == ["alice", "bob"]
 
 
 def test_a_no_go_cannot_be_approved_but_an_override_deploys_and_is_recorded(

@@ -93,6 +93,33 @@ def release(project: PathLike, ref: str) -> Bundle:
     return load_bundle(project_at(project).root, ref)
 
 
+def release_record(project: PathLike, ref: str) -> dict[str, Any]:
+    """What was measured and decided about a release: its gate runs (load, go/no-go), newest
+    first, and the approvals it got, per environment."""
+    root = project_at(project).root
+    bundle = load_bundle(root, ref)
+    with open_state(root) as store:
+        runs = store.gate_runs(bundle.id)
+        envs = sorted({r.env for r in runs} | set(bundle.project.environments))
+        approvals = {env: [a.to_dict() for a in store.approvals(env, bundle.id)] for env in envs}
+    return {
+        "gates": [
+            {
+                "id": r.id,
+                "env": r.env,
+                "gate": r.gate,
+                "passed": r.passed,
+                "at": r.at,
+                "summary": r.body.get("summary")
+                or (f"{r.body.get('verdict')}" if r.gate == "gonogo" else ""),
+                "files": r.body.get("files") or {},
+            }
+            for r in runs
+        ],
+        "approvals": {env: items for env, items in approvals.items() if items},
+    }
+
+
 def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     """What deploying a release to ``env`` would do (``airlock plan``)."""
     root = project_at(project).root

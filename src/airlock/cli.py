@@ -233,21 +233,35 @@ def release_show(
     project: Path | None = ProjectOption,
     format: Format = FormatOption,
 ) -> None:
-    """Show a release: its files with their sha256, services and environments."""
+    """Show a release: its files with their sha256, services and environments, and the gates
+    run and approvals given for it."""
     bundle = api.release(_project(project), release)
+    record = api.release_record(_project(project), bundle.id)
     if format is Format.json:
-        _json(bundle.manifest)
+        _json({**bundle.manifest, "record": record})
         return
     summary = bundle.summary()
     console.print(
         f"[bold]{bundle.id}[/] ({bundle.version}) sealed {summary['created_at']} "
         f"by {summary['created_by']}"
     )
+    source = bundle.manifest.get("source") or {}
+    if source.get("commit"):
+        dirty = " with uncommitted changes" if source.get("dirty") else ""
+        console.print(f"from commit {source['commit'][:12]}{dirty}")
     console.print(f"environments: {', '.join(summary['environments'])}")
     table = Table("file", "sha256")
     for path, digest in sorted(bundle.manifest["files"].items()):
         table.add_row(path, digest[:16] + "…")
     console.print(table)
+    for run in record["gates"]:
+        mark = "[green]pass[/]" if run["passed"] else "[red]fail[/]"
+        console.print(
+            f"  {run['gate']} in {run['env']} at {run['at']}: {mark} {escape(run['summary'])}"
+        )
+    for env, items in record["approvals"].items():
+        names = ", ".join(item["approver"] for item in items)
+        console.print(f"  approved for {env} by {escape(names)}")
 
 
 # -- plan and deploy ---------------------------------------------------------------------------
