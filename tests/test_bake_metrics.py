@@ -302,6 +302,25 @@ def test_metrics_answering_an_error_status_roll_back(make_project: ProjectFactor
     assert "not let through" in bad.reason
 
 
+def test_metrics_that_never_answer_roll_back_after_three_misses(
+    make_project: ProjectFactory,
+) -> None:
+    """A /metrics that hangs is one miss per scrape (2 s each); the third in a row fails the
+    bake, which cannot judge the service. Health still answers, so nothing else fails it."""
+    project, good = two_releases(
+        make_project,
+        {"VERSION": "api-2", "MODE": "hung-metrics"},
+        {"bake": "20s", "ready_timeout": "5s", "error_rate": 0.05},
+    )
+    bad = api.deploy(project, "staging")
+    assert_rolled_back_to_v1(project, good, bad)
+    assert bad.reason is not None
+    assert bad.reason.startswith("api: /metrics did not answer during bake (GET /metrics → no"), (
+        bad.reason
+    )
+    assert bad.detect_seconds is not None and 5.5 < bad.detect_seconds < 15
+
+
 def test_a_healthy_version_with_traffic_passes(make_project: ProjectFactory) -> None:
     """Under the same gates a version without errors or delay goes through, figures recorded."""
     project, good = two_releases(
