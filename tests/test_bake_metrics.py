@@ -30,8 +30,9 @@ from airlock.checks.bake import (
     parse_metrics,
     traffic_figures,
 )
-from airlock.runner import DeployResult, ProgressEvent, open_state
+from airlock.runner import DeployResult, ProgressEvent
 from airlock.runtimes.local import LocalRuntime
+from airlock.state import open_state
 
 from .conftest import ProjectFactory, running_from
 

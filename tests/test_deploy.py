@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from airlock import api
-from airlock.runner import open_state
+from airlock.state import open_state
 
 from .conftest import ProjectFactory, airlock, processes_under, running_from
 

@@ -12,7 +12,7 @@ import pytest
 
 from airlock import api
 from airlock.errors import GateFailed, UsageError
-from airlock.runner import open_state
+from airlock.state import open_state
 
 from .conftest import ProjectFactory, airlock
 

@@ -19,7 +19,7 @@ from airlock.checks.load import default_targets, run_load, run_load_gate, url_va
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.errors import UsageError
 from airlock.model import load_project
-from airlock.runner import open_state
+from airlock.state import open_state
 
 from .conftest import ProjectFactory, processes_under, running_from
 

@@ -12,26 +12,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, build_release, latest_release, list_releases, load_bundle
+from airlock.bundle import Bundle, build_release, env_dir, find_release, list_releases, load_bundle
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.gonogo import Report as GoNoGoReport
-from airlock.model import Project, load_project
+from airlock.model import Project, load_project, require_env
 from airlock.plan import Plan
-from airlock.runner import (
-    DeployResult,
-    Progress,
-    deploy_async,
-    env_dir,
-    open_state,
-    planned,
-    require_env,
-    resume_async,
-)
+from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes.local import LocalRuntime, agent_running, log_path, stop_environment
-from airlock.state import Deployment
+from airlock.state import Deployment, deployed_project, open_state
 
 PathLike = Path | str
 
@@ -68,18 +59,6 @@ def check(
     return result
 
 
-def deployed_project(root: Path, env: str) -> Project | None:
-    """The project as sealed in the release deployed to ``env`` (None when nothing is)."""
-    with open_state(root) as store:
-        current = store.current_release(env)
-    if current is None:
-        return None
-    try:
-        return load_bundle(root, current).project
-    except UsageError:
-        return None
-
-
 def build(project: PathLike = ".", version: str | None = None) -> tuple[Bundle, bool]:
     """Seal the project into a release bundle (``airlock release build``)."""
     return build_release(project_at(project), version)
@@ -93,16 +72,16 @@ def release(project: PathLike, ref: str) -> Bundle:
     return load_bundle(project_at(project).root, ref)
 
 
-def release_record(project: PathLike, ref: str) -> dict[str, Any]:
-    """What was measured and decided about a release: its gate runs (load, go/no-go), newest
-    first, and the approvals it got, per environment."""
+def release_record(project: PathLike, ref: str) -> tuple[Bundle, dict[str, Any]]:
+    """A release (``airlock release show``), and what was measured and decided about it: its
+    gate runs (load, go/no-go), newest first, and the approvals it got, per environment."""
     root = project_at(project).root
     bundle = load_bundle(root, ref)
     with open_state(root) as store:
         runs = store.gate_runs(bundle.id)
         envs = sorted({r.env for r in runs} | set(bundle.project.environments))
         approvals = {env: [a.to_dict() for a in store.approvals(env, bundle.id)] for env in envs}
-    return {
+    return bundle, {
         "gates": [
             {
                 "id": r.id,
@@ -123,7 +102,7 @@ def release_record(project: PathLike, ref: str) -> dict[str, Any]:
 def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     """What deploying a release to ``env`` would do (``airlock plan``)."""
     root = project_at(project).root
-    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    bundle = find_release(root, release_ref)
     with open_state(root) as store:
         result = planned(bundle, env, store)
     from airlock.db import api as db
@@ -132,8 +111,7 @@ def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     target = release_target(bundle, env, root)
     if target is None:
         return result
-    pending = db.status(target)["pending"]
-    findings = db.lint(target)
+    pending, findings = db.pending_and_lint(target)
     return dataclasses.replace(
         result,
         migrations=tuple(pending),
@@ -199,12 +177,11 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         current = store.current_release(env)
     folder = env_dir(root, env)
     instances: dict[str, Any] = {}
-    ports: dict[str, int] = {}
-    if agent_running(folder):
+    agent = agent_running(folder)
+    if agent:
         runtime = LocalRuntime(folder, env, start_agent=False)
         for item in asyncio.run(runtime.status()):
             instances[item.instance_id] = item
-            ports.setdefault(item.service, item.port)
     version = None
     if current is not None:
         try:
@@ -229,7 +206,7 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         "env": env,
         "release": current,
         "version": version,
-        "agent": agent_running(folder),
+        "agent": agent,
         "services": services,
         "lock": lock,
         "running_deployment": running.id if running else None,
@@ -275,24 +252,24 @@ def stop_env(project: PathLike, env: str) -> bool:
     return was_running
 
 
+def codes() -> dict[str, str]:
+    """Every finding code and what it means (``airlock codes``), migration lint rules too."""
+    from airlock.checks.gate import ALL_CODES
+    from airlock.db.lint import RULES
+
+    return {**ALL_CODES, **{code: rule.summary for code, rule in RULES.items()}}
+
+
 def scan_secrets(path: PathLike = ".", *, staged: bool = False, history: bool = True) -> GateResult:
     """Committed secrets in the repository holding ``path`` (``airlock secrets scan``), less
     the reviewed baseline."""
-    from airlock.checks.baseline import filter_findings, load_baseline
-    from airlock.checks.leaks import scan_repository, scan_staged
+    from airlock.checks.gate import scan_committed
 
-    root = Path(path).resolve()
-    repository = repository_root(root)
-    if staged:
-        if repository is None:
-            raise UsageError(f"{root} is not in a git repository", hint="--staged needs git")
-        scan = scan_staged(repository)
-    else:
-        scan = scan_repository(repository or root, history=history and repository is not None)
-    remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
+    found = scan_committed(Path(path).resolve(), history=history, staged=staged)
+    repository = found.repository
     return GateResult(
-        findings=list(remaining),
-        silenced=len(silenced),
+        findings=found.findings,
+        silenced=found.silenced,
         scanned={"repository": str(repository) if repository else None, "staged": staged},
     )
 
@@ -358,9 +335,7 @@ def gate_load(
     the figures and verdict are stored with that release."""
     from airlock.checks.load import run_load_gate
 
-    loaded = project_at(project)
-    require_env(loaded, env)
-    return run_load_gate(loaded.root, env, progress=progress)
+    return run_load_gate(Path(project), env, progress=progress)
 
 
 def gate_logs(project: PathLike, release_ref: str | None = None) -> GateOutcome:
@@ -368,7 +343,7 @@ def gate_logs(project: PathLike, release_ref: str | None = None) -> GateOutcome:
     from airlock.checks.release_gates import logs_gate
 
     root = project_at(project).root
-    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    bundle = find_release(root, release_ref)
     return logs_gate(bundle.project, root, bundle.id)
 
 
@@ -377,5 +352,5 @@ def gate_ci(project: PathLike, release_ref: str | None = None) -> GateOutcome:
     from airlock.checks.release_gates import ci_gate
 
     root = project_at(project).root
-    bundle = load_bundle(root, release_ref) if release_ref else latest_release(root)
+    bundle = find_release(root, release_ref)
     return ci_gate(bundle.project, root, bundle)

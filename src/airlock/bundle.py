@@ -46,6 +46,11 @@ def state_dir(project_root: Path) -> Path:
     return project_root / ".airlock"
 
 
+def env_dir(project_root: Path, env: str) -> Path:
+    """Where one environment's agent, logs, data and database live."""
+    return state_dir(project_root) / "envs" / env
+
+
 def releases_dir(project_root: Path) -> Path:
     return state_dir(project_root) / "releases"
 
@@ -440,6 +445,11 @@ def list_releases(project_root: Path) -> list[Bundle]:
         if path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).is_file()
     ]
     return sorted(bundles, key=lambda b: (b.created_at, b.id))
+
+
+def find_release(project_root: Path, ref: str | None) -> Bundle:
+    """The release ``ref`` names (id, id prefix or version), or the newest when it is None."""
+    return load_bundle(project_root, ref) if ref else latest_release(project_root)
 
 
 def latest_release(project_root: Path) -> Bundle:

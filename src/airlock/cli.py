@@ -144,21 +144,13 @@ def check(
         _json(
             to_sarif(
                 findings,
-                root=api.project_at(_project(project)).root,
+                root=result.root or Path("."),
                 rules=ALL_CODES,
                 version=__version__,
             )
         )
     elif format is CheckFormat.json:
-        _json(
-            {
-                "findings": [f.to_dict() for f in findings],
-                "errors": sum(f.severity is Severity.ERROR for f in findings),
-                "warnings": sum(f.severity is Severity.WARNING for f in findings),
-                "silenced_by_baseline": result.silenced,
-                "scanned": result.scanned,
-            }
-        )
+        _json(result.to_dict())
     else:
         _render_findings(findings)
         if result.silenced:
@@ -235,8 +227,7 @@ def release_show(
 ) -> None:
     """Show a release: its files with their sha256, services and environments, and the gates
     run and approvals given for it."""
-    bundle = api.release(_project(project), release)
-    record = api.release_record(_project(project), bundle.id)
+    bundle, record = api.release_record(_project(project), release)
     if format is Format.json:
         _json({**bundle.manifest, "record": record})
         return
@@ -245,10 +236,9 @@ def release_show(
         f"[bold]{bundle.id}[/] ({bundle.version}) sealed {summary['created_at']} "
         f"by {summary['created_by']}"
     )
-    source = bundle.manifest.get("source") or {}
-    if source.get("commit"):
-        dirty = " with uncommitted changes" if source.get("dirty") else ""
-        console.print(f"from commit {source['commit'][:12]}{dirty}")
+    if bundle.commit:
+        dirty = " with uncommitted changes" if bundle.dirty else ""
+        console.print(f"from commit {bundle.commit[:12]}{dirty}")
     console.print(f"environments: {', '.join(summary['environments'])}")
     table = Table("file", "sha256")
     for path, digest in sorted(bundle.manifest["files"].items()):
@@ -702,13 +692,7 @@ def db_drift(
             console.print(f"[green]✓[/] the live schema is the new baseline ({digest[:12]})")
         return
     found = db.drift(target)
-    data = {
-        "recorded": found is not None,
-        "drift": bool(found and not found.empty),
-        "added": found.added if found else [],
-        "removed": found.removed if found else [],
-        "changed": found.changed if found else [],
-    }
+    data = db.drift_summary(found)
     if format is Format.json:
         _json(data)
     elif found is None:
@@ -736,12 +720,9 @@ def db_lint(
     from airlock.db import api as db
 
     if env is None and database_url is None:
-        folder = migrations
+        folder = migrations or db.project_migrations(_project(project))
         if folder is None:
-            loaded = api.project_at(_project(project))
-            if loaded.database is None or loaded.database.migrations is None:
-                raise typer.BadParameter("pass --migrations DIR")
-            folder = loaded.root / loaded.database.migrations
+            raise typer.BadParameter("pass --migrations DIR")
         findings = db.lint(None, folder, every=True)
     else:
         findings = db.lint(_target(env, database_url, migrations, project), every=every)
@@ -877,7 +858,7 @@ def secrets_scan(
         _render_findings(result.findings)
         if result.silenced:
             console.print(f"  ({result.silenced} reviewed secret(s) silenced by the baseline)")
-    if any(f.severity is Severity.ERROR for f in result.findings):
+    if has_errors(result.findings):
         raise typer.Exit(1)
 
 
@@ -1042,11 +1023,7 @@ def approve(
 @app.command("codes")
 def codes() -> None:
     """List every finding code with what it means."""
-    from airlock.checks.gate import ALL_CODES
-    from airlock.db.lint import RULES
-
-    every = {**ALL_CODES, **{code: rule.summary for code, rule in RULES.items()}}
-    for code, meaning in sorted(every.items()):
+    for code, meaning in sorted(api.codes().items()):
         console.print(f"[bold]{code}[/]  {meaning}")
 
 

@@ -25,7 +25,6 @@ release is GO and N different people approved it (``airlock approve``), unless t
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import html
 import json
@@ -36,12 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, latest_release, load_bundle
+from airlock.bundle import Bundle, find_release, load_bundle
 from airlock.checks import Finding, Severity
 from airlock.checks.outcome import GateOutcome, Status
+from airlock.checks.release_gates import ci_gate, logs_gate
 from airlock.errors import AirlockError, GateFailed, StateError, UsageError
-from airlock.model import Project
-from airlock.state import Approval, GateRun, StateStore
+from airlock.model import Project, require_env
+from airlock.state import Approval, GateRun, StateStore, deployed_project, open_state
 
 Progress = Callable[[str], None]
 
@@ -65,6 +65,11 @@ class Report:
     @property
     def go(self) -> bool:
         return bool(self.gates) and all(outcome.passed for outcome in self.gates)
+
+    @property
+    def failing(self) -> str:
+        """The gates that fail, e.g. ``load, ci``."""
+        return ", ".join(outcome.gate for outcome in self.gates if not outcome.passed)
 
     @property
     def verdict(self) -> str:
@@ -188,10 +193,8 @@ def run(
 ) -> Report:
     """Run or collect every gate for ``release_ref`` (default: the newest) going to ``env``;
     store the report and write its files."""
-    from airlock.runner import open_state, require_env
-
     say = progress or (lambda _text: None)
-    bundle = load_bundle(project_root, release_ref) if release_ref else latest_release(project_root)
+    bundle = find_release(project_root, release_ref)
     bundle.verify()
     project = bundle.project
     require_env(project, env)
@@ -200,8 +203,8 @@ def run(
         ("migrations", lambda: _migrations(bundle, project_root, env)),
         ("load", lambda: _load(bundle, project_root, env, say)),
         ("posture", lambda: _posture(project, env)),
-        ("logs", lambda: _logs(project, project_root, bundle)),
-        ("ci", lambda: _ci(project, project_root, bundle)),
+        ("logs", lambda: logs_gate(project, project_root, bundle.id)),
+        ("ci", lambda: ci_gate(project, project_root, bundle)),
     ]
     outcomes = []
     for name, step in steps:
@@ -256,23 +259,11 @@ def _write_files(bundle: Bundle, report: Report) -> dict[str, str]:
     return report.files
 
 
-def _deployed(project_root: Path, env: str) -> Project | None:
-    from airlock.runner import open_state
-
-    with open_state(project_root) as store:
-        current = store.current_release(env)
-    if current is None:
-        return None
-    with contextlib.suppress(UsageError):
-        return load_bundle(project_root, current).project
-    return None
-
-
 def _static(project: Project, project_root: Path, env: str) -> GateOutcome:
     from airlock.checks.gate import run_gate
 
     result = run_gate(
-        project, root=project_root, envs=[env], deployed={env: _deployed(project_root, env)}
+        project, root=project_root, envs=[env], deployed={env: deployed_project(project_root, env)}
     )
     warnings = sum(f.severity is Severity.WARNING for f in result.findings)
     ok = "no errors" + (f" ({warnings} warning(s))" if warnings else "")
@@ -295,8 +286,8 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
 
     target = release_target(bundle, env, project_root)
     assert target is not None
-    pending = [item["script"] for item in db.status(target)["pending"]]
-    findings = db.lint(target)
+    scheduled, findings = db.pending_and_lint(target)
+    pending = [item["script"] for item in scheduled]
     evidence: dict[str, Any] = {"pending": pending, "database": target.display}
     if not pending:
         return GateOutcome.from_findings(
@@ -323,8 +314,6 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
 
 
 def _load(bundle: Bundle, project_root: Path, env: str, say: Progress) -> GateOutcome:
-    from airlock.runner import open_state
-
     if bundle.project.gates.load is None:
         return GateOutcome.skipped("load", "gates.load is not configured")
     with open_state(project_root) as store:
@@ -346,7 +335,7 @@ def _load(bundle: Bundle, project_root: Path, env: str, say: Progress) -> GateOu
         f"release {bundle.version} has no load test yet",
         hint="deploy it to staging and run `airlock gate load staging`",
     )
-    return GateOutcome("load", Status.FAIL, finding.message, [finding])
+    return GateOutcome.failed("load", finding)
 
 
 def _posture(project: Project, env: str) -> GateOutcome:
@@ -362,18 +351,6 @@ def _posture(project: Project, env: str) -> GateOutcome:
     )
 
 
-def _logs(project: Project, project_root: Path, bundle: Bundle) -> GateOutcome:
-    from airlock.checks.release_gates import logs_gate
-
-    return logs_gate(project, project_root, bundle.id)
-
-
-def _ci(project: Project, project_root: Path, bundle: Bundle) -> GateOutcome:
-    from airlock.checks.release_gates import ci_gate
-
-    return ci_gate(project, project_root, bundle)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reports, approvals, and the deploy's check.
 
@@ -381,6 +358,11 @@ def _ci(project: Project, project_root: Path, bundle: Bundle) -> GateOutcome:
 def latest(store: StateStore, env: str, release_id: str) -> Report | None:
     runs = store.gate_runs(release_id, gate=GONOGO, env=env)
     return Report.from_run(runs[0]) if runs else None
+
+
+def approvers_of(store: StateStore, env: str, release_id: str) -> list[str]:
+    """The different people who approved the release for ``env``, sorted."""
+    return sorted({a.approver for a in store.approvals(env, release_id)})
 
 
 def default_approver() -> str:
@@ -400,8 +382,6 @@ def approve(
     note: str | None = None,
 ) -> tuple[Approval, int, int]:
     """Record an approval of a release's GO report; returns it, approvals so far, required."""
-    from airlock.runner import open_state, require_env
-
     bundle = load_bundle(project_root, release_ref)
     require_env(bundle.project, env)
     who = (approver or default_approver()).strip()
@@ -416,20 +396,18 @@ def approve(
                 hint=f"run `airlock gonogo {env} --release {bundle.id[:12]}` first",
             )
         if not report.go:
-            failing = ", ".join(o.gate for o in report.gates if not o.passed)
             raise GateFailed(
                 f"the newest go/no-go report for {bundle.version} to {env} is NO-GO "
-                f"({failing}); a NO-GO cannot be approved",
+                f"({report.failing}); a NO-GO cannot be approved",
                 hint="fix what fails and run `airlock gonogo` again",
             )
-        done = store.approvals(env, bundle.id)
-        if any(a.approver == who for a in done):
+        if who in approvers_of(store, env, bundle.id):
             raise UsageError(
                 f"{who} already approved {bundle.version} for {env}",
                 hint="each approval must come from a different person",
             )
         approval = store.approve(env, bundle.id, who, note=note, report_id=report.id)
-        count = len({a.approver for a in store.approvals(env, bundle.id)})
+        count = len(approvers_of(store, env, bundle.id))
     return approval, count, bundle.project.environments[env].approvals
 
 
@@ -442,13 +420,12 @@ def check_approvals(
     if required <= 0:
         return None
     report = latest(store, env, bundle.id)
-    approvers = sorted({a.approver for a in store.approvals(env, bundle.id)})
+    approvers = approvers_of(store, env, bundle.id)
     missing = []
     if report is None:
         missing.append(f"no go/no-go report for {env}")
     elif not report.go:
-        failing = ", ".join(o.gate for o in report.gates if not o.passed)
-        missing.append(f"the newest go/no-go report is NO-GO ({failing})")
+        missing.append(f"the newest go/no-go report is NO-GO ({report.failing})")
     if len(approvers) < required:
         missing.append(f"{len(approvers)} of {required} approval(s)")
     if not missing:

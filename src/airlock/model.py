@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from airlock.errors import Location, ProjectError
+from airlock.errors import Location, ProjectError, UsageError
 
 PROJECT_FILE = "airlock.yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -398,6 +398,13 @@ class Project(BaseModel):
     def ready_timeout(self, service: str) -> float:
         own = self.services[service].ready_timeout
         return self.gates.ready_timeout if own is None else own
+
+
+def require_env(project: Project, env: str) -> None:
+    """Refuse an environment ``airlock.yaml`` does not define, naming those it does."""
+    if env not in project.environments:
+        known = ", ".join(sorted(project.environments))
+        raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
 
 
 def json_schema() -> dict[str, Any]:

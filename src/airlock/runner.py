@@ -16,7 +16,6 @@ are only stopped after a successful bake).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from airlock.bundle import Bundle, latest_release, load_bundle, state_dir
+from airlock.bundle import Bundle, env_dir, find_release, load_bundle
 from airlock.checks import Severity
 from airlock.checks.bake import (
     MIN_REQUESTS,
@@ -77,12 +76,13 @@ from airlock.errors import (
     StateError,
     UsageError,
 )
-from airlock.model import Project, Reference, substitute
+from airlock.gonogo import check_approvals
+from airlock.model import Project, Reference, require_env, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
 from airlock.runtimes import InstanceSpec, Runtime
 from airlock.runtimes.local import LocalRuntime
 from airlock.secrets import Masker, referenced, resolver
-from airlock.state import DeployedRow, StateStore
+from airlock.state import DeployedRow, StateStore, deployed_project, open_state
 
 POLL_SECONDS = 0.05
 BAKE_POLL_SECONDS = 0.2
@@ -150,25 +150,11 @@ class DeployResult:
 # Paths and context.
 
 
-def env_dir(project_root: Path, env: str) -> Path:
-    return state_dir(project_root) / "envs" / env
-
-
-def open_state(project_root: Path) -> StateStore:
-    return StateStore(state_dir(project_root) / "state.db")
-
-
 def resolve_argv(argv: list[str]) -> tuple[str, ...]:
     """``python``/``python3`` at the head of a command means the interpreter running Airlock."""
     if argv and argv[0] in {"python", "python3"}:
         return (sys.executable, *argv[1:])
     return tuple(argv)
-
-
-def require_env(project: Project, env: str) -> None:
-    if env not in project.environments:
-        known = ", ".join(sorted(project.environments))
-        raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
 
 
 def resolve_secrets(
@@ -266,7 +252,6 @@ class _Drive:
         self.finished: Finish | None = None
         self._unhealthy: dict[str, int] = {}
         self.memory: dict[str, list[MemorySample]] = {}
-        self.bake_verdicts: dict[str, str] = {}
         self.bake_started_at: float | None = None
         # /metrics during the bake: the first good scrape (baseline) and the latest one.
         self.traffic_first: dict[str, Traffic] = {}
@@ -347,10 +332,7 @@ class _Drive:
         reason = self.engine.reason or "failed"
         failed = self.engine.failed_service
         if failed and failed in self.last_probe and "not ready" in reason:
-            detail = " ".join(self.last_probe[failed].split())
-            if len(detail) > PROBE_DETAIL_CHARS:
-                detail = detail[: PROBE_DETAIL_CHARS - 1] + "…"
-            reason += f" (last probe: {detail})"
+            reason += f" (last probe: {self._clip(self.last_probe[failed])})"
         return reason
 
     async def execute(self, action: Action) -> list[Event]:
@@ -498,7 +480,6 @@ class _Drive:
                 return
             verdict = self._sample_memory(service, status.pid)
             if verdict is not None:
-                self.bake_verdicts[service] = verdict.describe(service)
                 await self.feed(Failed(service, verdict.describe(service), self.clock()))
                 return
             model = self.project.services[service]
@@ -518,7 +499,6 @@ class _Drive:
                     return
             reason = await self._scrape_metrics(service, instance)
             if reason is not None:
-                self.bake_verdicts[service] = reason
                 await self.feed(Failed(service, reason, self.clock()))
                 return
 
@@ -743,6 +723,7 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     if target is None:
         return
     drive.masker.add(*target.masker.values)
+    drive.database_url = target.url  # ${database.url} needs it again: resolve it once
     drive._emit("migrate", None, f"migrating {target.display}")
     outcome = db.migrate(
         target,
@@ -764,13 +745,8 @@ def _static_gate(project: Project, env: str, project_root: Path) -> None:
     """The static gate for one environment; refuses the release on any error finding."""
     from airlock.checks.gate import run_gate
 
-    deployed = None
-    with open_state(project_root) as store:
-        current = store.current_release(env)
-    if current is not None:
-        with contextlib.suppress(UsageError):
-            deployed = load_bundle(project_root, current).project
-    result = run_gate(project, root=project_root, envs=[env], deployed={env: deployed})
+    deployed = {env: deployed_project(project_root, env)}
+    result = run_gate(project, root=project_root, envs=[env], deployed=deployed)
     errors = [f for f in result.findings if f.severity is Severity.ERROR]
     if errors:
         lines = [f"  {f.code}: {f.message} ({f.location})" for f in errors]
@@ -797,14 +773,12 @@ async def deploy_async(
     to a release that served before needs neither.
     """
     started = time.monotonic()
-    bundle = load_bundle(project_root, release) if release else latest_release(project_root)
+    bundle = find_release(project_root, release)
     bundle.verify()
     project = bundle.project
     require_env(project, env)
     approval: dict[str, Any] | None = None
     if kind != "rollback":
-        from airlock.gonogo import check_approvals
-
         with open_state(project_root) as store:
             approval = check_approvals(store, project, env, bundle, override_reason)
     _static_gate(project, env, project_root)

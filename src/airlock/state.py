@@ -8,6 +8,7 @@ Nothing stored here holds a secret's value: config is kept as written, with refe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -21,7 +22,9 @@ from typing import Any
 
 import psutil
 
-from airlock.errors import LockedError, StateError
+from airlock.bundle import load_bundle, state_dir
+from airlock.errors import LockedError, StateError, UsageError
+from airlock.model import Project
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -417,16 +420,13 @@ class StateStore:
 
     def previous_good_release(self, env: str) -> str | None:
         """The release that succeeded before the current one (the target of a rollback)."""
-        current = self.current_release(env)
         rows = self._db.execute(
             "SELECT release_id FROM deployments WHERE env = ? AND status = 'succeeded' "
             "ORDER BY started_at DESC",
             (env,),
         )
-        for row in rows:
-            if row["release_id"] != current:
-                return str(row["release_id"])
-        return None
+        releases = [str(row["release_id"]) for row in rows]  # the first is the current one
+        return next((r for r in releases if r != releases[0]), None)
 
     # -- gates and approvals -------------------------------------------------------------------
 
@@ -507,6 +507,22 @@ class StateStore:
             )
             for r in rows
         ]
+
+
+def open_state(project_root: Path) -> StateStore:
+    """The state store of the project in ``project_root`` (``.airlock/state.db``)."""
+    return StateStore(state_dir(project_root) / "state.db")
+
+
+def deployed_project(project_root: Path, env: str) -> Project | None:
+    """The project as sealed in the release deployed to ``env`` (None when nothing is)."""
+    with open_state(project_root) as store:
+        current = store.current_release(env)
+    if current is None:
+        return None
+    with contextlib.suppress(UsageError):
+        return load_bundle(project_root, current).project
+    return None
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:

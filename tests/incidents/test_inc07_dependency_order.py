@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from airlock import api
-from airlock.runner import open_state
+from airlock.state import open_state
 
 from ..conftest import ProjectFactory, airlock, processes_under
 

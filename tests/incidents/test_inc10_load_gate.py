@@ -14,7 +14,7 @@ import re
 from airlock import api
 from airlock.checks.load import run_load_gate
 from airlock.checks.outcome import Status
-from airlock.runner import open_state
+from airlock.state import open_state
 
 from ..conftest import ProjectFactory
 

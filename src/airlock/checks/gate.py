@@ -25,7 +25,7 @@ from airlock.checks.config_files import CODES as CONFIG_CODES
 from airlock.checks.config_files import check_config_files
 from airlock.checks.contracts import CODES as CONTRACT_CODES
 from airlock.checks.contracts import check_contracts
-from airlock.checks.leaks import scan_repository
+from airlock.checks.leaks import scan_repository, scan_staged
 from airlock.checks.load import CODES as LOAD_CODES
 from airlock.checks.logscan import CODES as LOG_CODES
 from airlock.checks.parity import CODES as PARITY_CODES
@@ -33,6 +33,7 @@ from airlock.checks.parity import check_environments
 from airlock.checks.posture import CODES as POSTURE_CODES
 from airlock.checks.release_gates import CODES as RELEASE_GATE_CODES
 from airlock.checks.static import check_project
+from airlock.errors import UsageError
 from airlock.model import Project
 
 ALL_CODES: dict[str, str] = {
@@ -62,6 +63,17 @@ class GateResult:
     findings: list[Finding] = field(default_factory=list)
     silenced: int = 0  # committed secrets silenced by the baseline
     scanned: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the project folder checked (SARIF paths are relative to it)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``airlock check --format json`` prints."""
+        return {
+            "findings": [f.to_dict() for f in self.findings],
+            "errors": sum(f.severity is Severity.ERROR for f in self.findings),
+            "warnings": sum(f.severity is Severity.WARNING for f in self.findings),
+            "silenced_by_baseline": self.silenced,
+            "scanned": self.scanned,
+        }
 
     def worst(self) -> Severity | None:
         ranks = [f.severity for f in self.findings]
@@ -82,7 +94,7 @@ def run_gate(
 ) -> GateResult:
     """Every static finding. ``root`` is the project's folder on disk (for a sealed project,
     the working tree it was sealed from), where the git repository and the baseline are."""
-    result = GateResult()
+    result = GateResult(root=root)
     result.findings += check_project(project)
     result.findings += check_config_files(project)
     chosen = list(envs)
@@ -95,10 +107,42 @@ def run_gate(
     return result
 
 
-def _committed_secrets(root: Path, history: bool, result: GateResult) -> list[Finding]:
+@dataclass
+class SecretScan:
+    """Committed secrets under a folder, less the reviewed baseline."""
+
+    repository: Path | None  # the git repository holding the folder, if any
+    findings: list[Finding]
+    silenced: int
+    bytes_scanned: int = 0
+    seconds: float = 0.0
+
+
+def scan_committed(root: Path, *, history: bool = True, staged: bool = False) -> SecretScan:
+    """Scan the repository holding ``root`` (its history too, with ``history``; only the
+    staged changes with ``staged``), or just the files under ``root`` outside git, and drop
+    what the baseline records as reviewed."""
     repository = repository_root(root)
+    if staged:
+        if repository is None:
+            raise UsageError(f"{root} is not in a git repository", hint="--staged needs git")
+        scan = scan_staged(repository)
+    else:
+        scan = scan_repository(repository or root, history=history and repository is not None)
+    remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
+    return SecretScan(
+        repository,
+        list(remaining),
+        len(silenced),
+        getattr(scan, "bytes_scanned", 0),
+        getattr(scan, "seconds", 0.0),
+    )
+
+
+def _committed_secrets(root: Path, history: bool, result: GateResult) -> list[Finding]:
+    found = scan_committed(root, history=history)
+    repository = found.repository
     if repository is None:
-        scan = scan_repository(root, history=False)
         result.scanned = {"repository": None, "history": False}
         note = Finding(
             "secret.history-not-scanned",
@@ -108,21 +152,16 @@ def _committed_secrets(root: Path, history: bool, result: GateResult) -> list[Fi
         )
         findings = [note]
     else:
-        scan = scan_repository(repository, history=history)
         result.scanned = {"repository": str(repository), "history": history}
         findings = []
-    result.scanned.update(
-        {"bytes": getattr(scan, "bytes_scanned", 0), "seconds": getattr(scan, "seconds", 0.0)}
-    )
-    remaining, silenced = filter_findings(scan.findings, load_baseline(repository or root))
-    result.silenced = len(silenced)
-    return findings + list(remaining)
+    result.scanned.update({"bytes": found.bytes_scanned, "seconds": found.seconds})
+    result.silenced = found.silenced
+    return findings + found.findings
 
 
 def posture_findings(project: Project, envs: Iterable[str]) -> list[Finding]:
     """Probe each environment's running system (INC13, INC14); see docs/posture.md."""
     from airlock.checks.posture import Target, probe
-    from airlock.errors import UsageError
 
     findings: list[Finding] = []
     for env in envs:

@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airlock.bundle import env_dir
 from airlock.checks import Finding, Severity
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import Location, UsageError
-from airlock.model import LoadGateModel, Project, load_project
+from airlock.model import LoadGateModel, Project, load_project, require_env
+from airlock.state import open_state
 
 CODES: dict[str, str] = {
     "load.p50": "The median latency under load is above gates.load.p50_ms.",
@@ -167,7 +169,6 @@ def run_load_gate(
     With ``record`` the outcome is stored with the release deployed in ``env``. Synchronous:
     call it from async code through ``asyncio.to_thread``.
     """
-    from airlock.runner import env_dir, open_state, require_env
     from airlock.runtimes.local import LocalRuntime, agent_running
 
     project = load_project(Path(project_root))

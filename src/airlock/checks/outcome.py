@@ -53,6 +53,13 @@ class GateOutcome:
         return cls(gate, Status.PASS, ok, findings, evidence or {})
 
     @classmethod
+    def failed(
+        cls, gate: str, finding: Finding, evidence: dict[str, Any] | None = None
+    ) -> GateOutcome:
+        """FAIL for one reason: the finding, its message the summary."""
+        return cls(gate, Status.FAIL, finding.message, [finding], evidence or {})
+
+    @classmethod
     def skipped(cls, gate: str, why: str) -> GateOutcome:
         return cls(gate, Status.SKIPPED, why)
 

@@ -20,14 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle
+from airlock.bundle import Bundle, env_dir
 from airlock.checks import Finding, Severity
 from airlock.checks.ci import CiResult, ci_status, format_duration
 from airlock.checks.logscan import scan_log_files
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.errors import UsageError
-from airlock.model import Project
-from airlock.runner import env_dir, require_env
+from airlock.model import Project, require_env
 from airlock.runtimes.agent import LOG_DIR
 
 CODES: dict[str, str] = {
@@ -117,7 +116,7 @@ def logs_gate(
             hint=f"`airlock deploy {first}` the release, exercise it, then run the gate again",
             evidence={"release": release_id, "environments": chosen},
         )
-        return GateOutcome(LOGS, Status.FAIL, message, [finding], evidence)
+        return GateOutcome.failed(LOGS, finding, evidence)
     ok = (
         f"no card numbers or configured patterns in {lines} log line{_s(lines)} of release "
         f"{short} ({len(files)} file{_s(len(files))} in {where})"
@@ -134,13 +133,7 @@ def _logs_unavailable(exc: UsageError, release_id: str, chosen: list[str]) -> Ga
         f"the logs of release {release_id[:8]} cannot be scanned: {exc.message}",
         hint=exc.hint or "a log gate that cannot read the logs says no; fix the cause",
     )
-    return GateOutcome(
-        LOGS,
-        Status.FAIL,
-        finding.message,
-        [finding],
-        {"release": release_id, "environments": chosen},
-    )
+    return GateOutcome.failed(LOGS, finding, {"release": release_id, "environments": chosen})
 
 
 def _count(findings: list[Finding], code: str) -> int:
@@ -197,13 +190,13 @@ def ci_gate(project: Project, project_root: Path, bundle: Bundle) -> GateOutcome
             hint=exc.hint or "fix gates.ci in airlock.yaml",
             evidence=evidence,
         )
-        return GateOutcome(CI, Status.FAIL, finding.message, [finding], evidence)
+        return GateOutcome.failed(CI, finding, evidence)
     return _outcome(result, commit, {**evidence, **result.evidence, "commit": commit})
 
 
 def _refused(message: str, hint: str, evidence: dict[str, Any]) -> GateOutcome:
     finding = Finding("ci.not-this-commit", Severity.ERROR, message, hint=hint, evidence=evidence)
-    return GateOutcome(CI, Status.FAIL, message, [finding], evidence)
+    return GateOutcome.failed(CI, finding, evidence)
 
 
 def _outcome(result: CiResult, commit: str, evidence: dict[str, Any]) -> GateOutcome:

@@ -86,21 +86,46 @@ def lint(
 ) -> list[Finding]:
     """Lint the pending migrations (or, with ``every`` or no database, every file)."""
     if target_ is not None and not every:
-        pending_files = [
-            discover(target_.require_migrations()).folder / item["script"]
-            for item in status(target_)["pending"]
-        ]
-    else:
-        source = folder or (target_.require_migrations() if target_ else None)
-        if source is None:
-            raise UsageError("nothing to lint", hint="pass --migrations DIR or an environment")
-        found = discover(source)
-        pending_files = [m.path for m in found.versioned + found.repeatable]
-    return lint_files([(str(p), p.read_text(encoding="utf-8")) for p in pending_files])
+        return pending_and_lint(target_)[1]
+    source = folder or (target_.require_migrations() if target_ else None)
+    if source is None:
+        raise UsageError("nothing to lint", hint="pass --migrations DIR or an environment")
+    found = discover(source)
+    files = [m.path for m in found.versioned + found.repeatable]
+    return lint_files([(str(p), p.read_text(encoding="utf-8")) for p in files])
+
+
+def pending_and_lint(target_: Target) -> tuple[list[dict[str, Any]], list[Finding]]:
+    """The migrations pending on the target (as ``status`` lists them) and their lint findings,
+    from one look at the database."""
+    pending = status(target_)["pending"]
+    folder = discover(target_.require_migrations()).folder
+    files = [folder / item["script"] for item in pending]
+    return pending, lint_files([(str(p), p.read_text(encoding="utf-8")) for p in files])
 
 
 def drift(target_: Target) -> SchemaDiff | None:
     return _migrator(target_).drift()
+
+
+def drift_summary(found: SchemaDiff | None) -> dict[str, Any]:
+    """:func:`drift`'s answer as data (``airlock db drift --format json``): whether a schema
+    was recorded, whether it drifted, and the objects added, removed and changed."""
+    return {
+        "recorded": found is not None,
+        "drift": bool(found and not found.empty),
+        "added": found.added if found else [],
+        "removed": found.removed if found else [],
+        "changed": found.changed if found else [],
+    }
+
+
+def project_migrations(project: Path | str) -> Path | None:
+    """The migrations folder ``airlock.yaml`` names (None when it names none)."""
+    loaded = load_project(Path(project))
+    if loaded.database is None or loaded.database.migrations is None:
+        return None
+    return loaded.root / loaded.database.migrations
 
 
 def accept_drift(target_: Target, reason: str) -> str:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, state_dir
+from airlock.bundle import Bundle, env_dir
 from airlock.db.connect import connect, display_url, password_of, with_database
 from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
 from airlock.errors import SecretError, UsageError
-from airlock.model import Project, Reference, references, substitute
+from airlock.model import Project, Reference, references, require_env, substitute
 from airlock.secrets import Masker, SecretResolver, resolver
 
 
@@ -50,7 +50,7 @@ class Target:
 
 
 def embedded_server(project_root: Path, env: str) -> EmbeddedServer:
-    return EmbeddedServer(state_dir(project_root) / "envs" / env / "postgres")
+    return EmbeddedServer(env_dir(project_root, env) / "postgres")
 
 
 def settings_of(project: Project | None, **overrides: object) -> Settings:
@@ -86,9 +86,7 @@ def environment_database_url(
     """The URL of an environment's database (its embedded server started on demand), and the
     secret values it contains. ``state_root`` is the project folder holding ``.airlock/`` (it
     differs from ``project.root`` for a project loaded from a sealed release)."""
-    if env not in project.environments:
-        known = ", ".join(sorted(project.environments))
-        raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
+    require_env(project, env)
     database = project.environments[env].database
     if database is None or (not database.embedded and not database.url):
         raise UsageError(
@@ -171,7 +169,7 @@ def resolve(
         settings=settings_of(project, **overrides),
         env=env,
         project=project,
-        home=state_dir(root) / "envs" / env,
+        home=env_dir(root, env),
         root=root,
         masker=Masker(*used),
     )

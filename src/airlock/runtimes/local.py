@@ -268,51 +268,39 @@ class LocalRuntime:
 
     async def probe(self, instance_id: str, path: str) -> ProbeResult:
         """GET ``path`` on the instance's own port (1 s timeout); 2xx is healthy."""
-        path = path if path.startswith("/") else "/" + path
-        found = [s for s in await self.status() if s.instance_id == instance_id]
-        if not found:
-            return ProbeResult(
-                ok=False,
-                detail=f"instance {instance_id} is not running in environment {self.env!r}",
-                exited=True,
-            )
-        inst = found[0]
-        exited = not inst.running or inst.exits > 0
-        url = f"http://127.0.0.1:{inst.port}{path}"
-        try:
-            async with _local_client(PROBE_TIMEOUT) as client:
-                response = await client.get(url)
-        except httpx.ConnectError:
-            return ProbeResult(False, f"GET {path} → connection refused", exited)
-        except httpx.TimeoutException:
-            return ProbeResult(False, f"GET {path} → no answer within {PROBE_TIMEOUT:g} s", exited)
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"GET {path} → {type(exc).__name__}", exited)
-        if 200 <= response.status_code < 300:
-            return ProbeResult(True, f"GET {path} → {response.status_code}", exited)
-        body = _explain(response.text)
-        detail = f"GET {path} → {response.status_code}" + (f": {body}" if body else "")
-        return ProbeResult(False, detail, exited)
+        instance, result = await self._get(instance_id, path, PROBE_TIMEOUT)
+        if instance is None:
+            return ProbeResult(ok=False, detail=result.detail, exited=True)
+        exited = not instance.running or instance.exits > 0
+        return ProbeResult(result.ok, result.detail, exited)
 
     async def fetch(self, instance_id: str, path: str) -> FetchResult:
         """GET ``path`` on the instance's own port; its status and (at most ``FETCH_LIMIT``
         bytes of) body. No answer within ``FETCH_TIMEOUT`` gives ``status=None``, never an
         exception."""
-        path = path if path.startswith("/") else "/" + path
         try:
-            found = [s for s in await self.status() if s.instance_id == instance_id]
+            return (await self._get(instance_id, path, FETCH_TIMEOUT))[1]
         except AirlockError as exc:
+            path = path if path.startswith("/") else "/" + path
             return FetchResult(None, f"GET {path} → {exc.message.splitlines()[0]}")
+
+    async def _get(
+        self, instance_id: str, path: str, timeout: float
+    ) -> tuple[InstanceStatus | None, FetchResult]:
+        """GET ``path`` on the instance's own port: the instance (None when it is not running)
+        and what it answered. Raises only when the agent cannot be asked for the instance."""
+        path = path if path.startswith("/") else "/" + path
+        found = [s for s in await self.status() if s.instance_id == instance_id]
         if not found:
-            return FetchResult(
-                None, f"instance {instance_id} is not running in environment {self.env!r}"
-            )
-        url = f"http://127.0.0.1:{found[0].port}{path}"
+            detail = f"instance {instance_id} is not running in environment {self.env!r}"
+            return None, FetchResult(None, detail)
+        instance = found[0]
+        url = f"http://127.0.0.1:{instance.port}{path}"
         chunks: list[bytes] = []
         size = 0
         try:
             async with (
-                _local_client(FETCH_TIMEOUT) as client,
+                _local_client(timeout) as client,
                 client.stream("GET", url) as response,
             ):
                 async for chunk in response.aiter_bytes():
@@ -321,11 +309,11 @@ class LocalRuntime:
                     if size > FETCH_LIMIT:
                         break
         except httpx.ConnectError:
-            return FetchResult(None, f"GET {path} → connection refused")
+            return instance, FetchResult(None, f"GET {path} → connection refused")
         except httpx.TimeoutException:
-            return FetchResult(None, f"GET {path} → no answer within {FETCH_TIMEOUT:g} s")
+            return instance, FetchResult(None, f"GET {path} → no answer within {timeout:g} s")
         except httpx.HTTPError as exc:
-            return FetchResult(None, f"GET {path} → {type(exc).__name__}")
+            return instance, FetchResult(None, f"GET {path} → {type(exc).__name__}")
         data = b"".join(chunks)
         truncated = len(data) > FETCH_LIMIT
         text = data[:FETCH_LIMIT].decode(response.encoding or "utf-8", errors="replace")
@@ -333,7 +321,7 @@ class LocalRuntime:
         if not 200 <= response.status_code < 300:
             body = _explain(text)
             detail += f": {body}" if body else ""
-        return FetchResult(response.status_code, detail, text, truncated)
+        return instance, FetchResult(response.status_code, detail, text, truncated)
 
     async def switch(self, service: str, instance_id: str) -> None:
         """Route the service's next requests to ``instance_id``."""
