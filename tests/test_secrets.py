@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from airlock.errors import SecretError
+from airlock.masking import Masker
 from airlock.model import SecretsModel
-from airlock.secrets import Masker, SecretResolver, parse_dotenv
+from airlock.secrets import SecretResolver, parse_dotenv
 
 PLANTED = "pl4nted-s3cret-value-771"
 

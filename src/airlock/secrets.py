@@ -11,7 +11,7 @@ A ``${secret:NAME}`` reference is resolved by the environment's provider (``secr
   ``pass show prod/{name}`` or ``sops -d --extract '["{name}"]' prod.enc.yaml`` all work.
 
 Values never reach the state store, logs, output or error messages: everything Airlock writes
-goes through a :class:`Masker` that knows them.
+goes through a :class:`~airlock.masking.Masker` that knows them and their common encodings.
 """
 
 from __future__ import annotations
@@ -24,39 +24,6 @@ from pathlib import Path
 
 from airlock.errors import SecretError
 from airlock.model import Project, SecretsModel, references
-
-MASK = "****"
-MIN_MASKED_LENGTH = 4
-
-
-class Masker:
-    """Replaces every known secret value in a text with ``****``.
-
-    Values shorter than four characters are not masked (they would mangle ordinary text and
-    are too short to be secrets worth the name).
-    """
-
-    def __init__(self, *values: str) -> None:
-        self._values: list[str] = []
-        self.add(*values)
-
-    def add(self, *values: str) -> None:
-        fresh = {v for v in values if len(v) >= MIN_MASKED_LENGTH} - set(self._values)
-        # Longest first, so a value that contains another is masked whole.
-        self._values = sorted({*self._values, *fresh}, key=len, reverse=True)
-
-    def mask(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
-
-    @property
-    def values(self) -> tuple[str, ...]:
-        return tuple(self._values)
-
-    def __bool__(self) -> bool:
-        return bool(self._values)
 
 
 def parse_dotenv(text: str) -> dict[str, str]:

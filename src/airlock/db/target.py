@@ -19,8 +19,9 @@ from airlock.db.connect import connect, display_url, password_of, with_database
 from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
 from airlock.errors import SecretError, UsageError
+from airlock.masking import Masker
 from airlock.model import Project, Reference, references, require_env, substitute
-from airlock.secrets import Masker, SecretResolver, resolver
+from airlock.secrets import SecretResolver, resolver
 
 
 @dataclass

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import hmac
 import json
 import logging
@@ -49,6 +50,7 @@ from typing import IO, Any
 
 import psutil
 
+from airlock.masking import Masker
 from airlock.runtimes import InstanceSpec, InstanceStatus
 from airlock.runtimes.proxy import ServiceProxy
 
@@ -78,9 +80,6 @@ LOG_DIR = "logs"
 EXIT_ALREADY_RUNNING = 3
 
 HOST = "127.0.0.1"
-MASK = "****"
-#: Secret values shorter than this are not masked (they would mask half of every line).
-MIN_SECRET_LEN = 4
 #: Time a process group gets between SIGTERM and SIGKILL.
 TERM_GRACE = 5.0
 DEFAULT_DRAIN_SECONDS = 5.0
@@ -111,11 +110,8 @@ class AgentError(Exception):
 
 
 def mask(text: str, secret_values: Iterable[str]) -> str:
-    """``text`` with every secret value (of at least 4 characters) replaced by ``****``."""
-    for value in sorted(secret_values, key=len, reverse=True):
-        if len(value) >= MIN_SECRET_LEN:
-            text = text.replace(value, MASK)
-    return text
+    """``text`` with every secret value, and its common encodings, replaced by ``****``."""
+    return Masker(*secret_values).mask(text)
 
 
 def write_private_json(path: Path, data: Any) -> None:
@@ -251,6 +247,10 @@ class Instance:
     @property
     def secret_values(self) -> list[str]:
         return [self.spec.env[k] for k in self.spec.secret_keys if k in self.spec.env]
+
+    @functools.cached_property
+    def masker(self) -> Masker:
+        return Masker(*self.secret_values)
 
 
 class LogSink:
@@ -664,7 +664,7 @@ class Agent:
                 f"cannot start instance {spec.instance_id} of service {spec.service!r}: "
                 f"{spec.argv[0]!r} failed to execute ({exc.strerror or type(exc).__name__})"
             )
-            raise AgentError("spawn_failed", mask(message, inst.secret_values)) from None
+            raise AgentError("spawn_failed", inst.masker.mask(message)) from None
         inst.proc = proc
         inst.started_at = time.monotonic()
         try:
@@ -681,7 +681,7 @@ class Agent:
     async def _pump(self, inst: Instance, stream: asyncio.StreamReader) -> None:
         """Copy an instance's output to its service log, line by line, secrets masked."""
         sink = self._sink(inst.spec.service)
-        secret_values = inst.secret_values
+        masker = inst.masker
         prefix = f"[{inst.spec.instance_id}] "
         pending = b""
         while True:
@@ -698,9 +698,9 @@ class Agent:
                 pending = b""
             for raw in lines:
                 text = raw.decode("utf-8", errors="replace").rstrip("\r")
-                sink.write(prefix + mask(text, secret_values))
+                sink.write(prefix + masker.mask(text))
         if pending:
-            sink.write(prefix + mask(pending.decode("utf-8", errors="replace"), secret_values))
+            sink.write(prefix + masker.mask(pending.decode("utf-8", errors="replace")))
 
     async def _wait_exit(self, inst: Instance) -> int:
         proc = inst.proc
