@@ -87,6 +87,7 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "replay",
+    "replay_owed",
 ]
 
 
@@ -728,10 +729,22 @@ class Release:
 
 def replay(plan: EnginePlan, events: Iterable[Event]) -> Release:
     """Rebuild a release from the events of its journal; the actions they gave are discarded."""
+    return replay_owed(plan, events)[0]
+
+
+def replay_owed(plan: EnginePlan, events: Iterable[Event]) -> tuple[Release, list[Action]]:
+    """Rebuild a release from the events of its journal, with the actions it may still owe.
+
+    A runner journals an event, then carries out every action the event gave before it journals
+    the next one. So after a crash only the actions of the *last* event can be undone or half
+    done; they are returned, for a resumed runner to carry out again (switching and stopping are
+    idempotent). Those of earlier events were all carried out.
+    """
     release = Release(plan)
+    owed: list[Action] = []
     for event in events:
-        release.handle(event)
-    return release
+        owed = release.handle(event)
+    return release, owed
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ from airlock.engine import (
     Tick,
     event_from_dict,
     event_to_dict,
-    replay,
+    replay_owed,
 )
 from airlock.errors import (
     AirlockError,
@@ -77,11 +77,12 @@ from airlock.errors import (
     UsageError,
 )
 from airlock.gonogo import check_approvals
+from airlock.masking import Masker
 from airlock.model import Project, Reference, require_env, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
-from airlock.runtimes import InstanceSpec, Runtime
+from airlock.runtimes import InstanceSpec, ProbeResult, Runtime
 from airlock.runtimes.local import LocalRuntime
-from airlock.secrets import Masker, referenced, resolver
+from airlock.secrets import referenced, resolver
 from airlock.state import DeployedRow, StateStore, deployed_project, open_state
 
 POLL_SECONDS = 0.05
@@ -313,6 +314,10 @@ class _Drive:
         queue = [event]
         while queue:
             current = queue.pop(0)
+            if isinstance(current, Failed | Abort):
+                # Reasons can quote what a service answered or printed: mask them before the
+                # journal, the engine or any output sees them.
+                current = replace(current, reason=self.masker.mask(current.reason))
             self.store.journal(self.deployment_id, "event", event_to_dict(current))
             phase_before = self.engine.phase
             actions = self.engine.handle(current)
@@ -333,7 +338,12 @@ class _Drive:
         failed = self.engine.failed_service
         if failed and failed in self.last_probe and "not ready" in reason:
             reason += f" (last probe: {self._clip(self.last_probe[failed])})"
-        return reason
+        return self.masker.mask(reason)
+
+    async def _probe(self, instance: str, path: str) -> ProbeResult:
+        """The runtime's probe, its detail (which quotes the answer's body) masked."""
+        result = await self.runtime.probe(instance, path)
+        return replace(result, detail=self.masker.mask(result.detail))
 
     async def execute(self, action: Action) -> list[Event]:
         self.store.journal(
@@ -445,7 +455,7 @@ class _Drive:
             model = self.project.services[service]
             path = model.ready or model.health
             try:
-                return service, await self.runtime.probe(self.instances[service], path)
+                return service, await self._probe(self.instances[service], path)
             except AirlockError as exc:
                 return service, exc
 
@@ -455,7 +465,7 @@ class _Drive:
             if self.engine.service_phase(service) is not ServicePhase.STARTING:
                 continue
             if isinstance(result, AirlockError):
-                self.last_probe[service] = result.message
+                self.last_probe[service] = self.masker.mask(result.message)
                 continue
             self.last_probe[service] = result.detail
             if result.exited:
@@ -483,7 +493,7 @@ class _Drive:
                 await self.feed(Failed(service, verdict.describe(service), self.clock()))
                 return
             model = self.project.services[service]
-            result = await self.runtime.probe(instance, model.health)
+            result = await self._probe(instance, model.health)
             if result.ok:
                 self._unhealthy[service] = 0
             else:
@@ -543,6 +553,7 @@ class _Drive:
         path = self.project.services[service].metrics or "/metrics"
         cannot = "the bake cannot judge it, so the release is not let through"
         result = await self.runtime.fetch(instance, path)
+        result = replace(result, detail=self.masker.mask(result.detail))
         if result.status is None:
             misses = self._metrics_misses[service] = self._metrics_misses.get(service, 0) + 1
             if misses < 3:
@@ -851,14 +862,16 @@ async def resume_async(
                 f"deployment {running.id} to {env!r} is still running in {running.holder}",
                 hint="wait for it, or stop that process (Ctrl-C rolls it back)",
             )
+        # Take the deployment over before the slow work (verifying the bundle): only one
+        # resume can win the compare-and-swap on its holder.
+        store.take_over(running)
         bundle = load_bundle(project_root, running.release_id)
         bundle.verify()
-        store.take_over(running.id)
         plan = planned(bundle, env, store)
         events = [event_from_dict(record["body"]) for record in store.records(running.id, "event")]
         # The plan was computed against the state before the deploy: deployed rows only change
         # when a deploy finishes, so recomputing it gives the same plan.
-        engine = replay(plan.engine_plan(), events)
+        engine, owed = replay_owed(plan.engine_plan(), events)
         drive = _Drive(
             store=store,
             deployment_id=running.id,
@@ -876,7 +889,12 @@ async def resume_async(
         secrets_ = resolve_secrets(bundle.project, env, bundle.config(env), project_root)
         drive.resolved = await drive.bind(secrets_)
         if engine.phase is ReleasePhase.SUCCEEDED:
-            drive.finished = Finish("succeeded", None, None)
+            # The bake passed; the previous versions may not all be stopped yet. Carry out
+            # again what the last event asked for (stops are idempotent), Finish included.
+            for action in owed:
+                await drive.execute(action)
+            if drive.finished is None:  # pragma: no cover - the engine always ends with Finish
+                drive.finished = Finish("succeeded", None, None)
         elif engine.phase is ReleasePhase.ROLLING_BACK:
             for service in plan.services:
                 if engine.service_phase(service.name) is ServicePhase.STOPPING:

@@ -260,13 +260,39 @@ class StateStore:
             )
         return self.deployment(deployment_id)
 
-    def take_over(self, deployment_id: str) -> None:
-        """Make this process the holder of a running deployment's lock (for ``resume``)."""
+    def take_over(self, judged: Deployment) -> None:
+        """Make this process the holder of a running deployment's lock (for ``resume``).
+
+        ``judged`` is the deployment as the caller read it when it judged its holder dead: the
+        lock changes hands only if that holder still has it (a compare-and-swap), so two
+        ``resume`` commands can never both take one deployment over. The loser gets
+        :class:`LockedError` naming the winner.
+        """
+        deployment_id = judged.id
         with self._transaction() as db:
-            db.execute(
-                "UPDATE locks SET holder = ?, pid = ?, host = ? WHERE deployment_id = ?",
-                (this_holder(), os.getpid(), socket.gethostname(), deployment_id),
-            )
+            taken = db.execute(
+                "UPDATE locks SET holder = ?, pid = ?, host = ? "
+                "WHERE deployment_id = ? AND holder = ? AND pid = ? AND host = ?",
+                (
+                    this_holder(),
+                    os.getpid(),
+                    socket.gethostname(),
+                    deployment_id,
+                    judged.holder,
+                    judged.pid,
+                    judged.host,
+                ),
+            ).rowcount
+            if taken != 1:
+                row = db.execute(
+                    "SELECT * FROM locks WHERE deployment_id = ?", (deployment_id,)
+                ).fetchone()
+                if row is None:
+                    raise StateError(
+                        f"deployment {deployment_id} to {judged.env!r} has already finished",
+                        hint=f"see `airlock history {judged.env}`",
+                    )
+                raise LockedError(judged.env, row["holder"], row["since"], deployment_id)
             db.execute(
                 "UPDATE deployments SET holder = ?, pid = ?, host = ? WHERE id = ?",
                 (this_holder(), os.getpid(), socket.gethostname(), deployment_id),
