@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, build_release, env_dir, find_release, list_releases, load_bundle
+from airlock.bundle import Bundle, build_release, find_release, list_releases, load_bundle
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.gonogo import Report as GoNoGoReport
 from airlock.model import Project, load_project, require_env
+from airlock.paths import env_dir
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes.local import LocalRuntime, agent_running, log_path, stop_environment

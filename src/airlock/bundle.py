@@ -29,30 +29,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import Severity
 from airlock.checks.static import check_project
 from airlock.errors import ReleaseError, TamperedReleaseError
+from airlock.findings import Severity
 from airlock.model import PROJECT_FILE, Project, load_project
+from airlock.paths import releases_dir
 from airlock.plan import render_config, service_digest
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 _SKIP_DIRS = {"__pycache__", ".git", ".airlock", ".venv", "node_modules", ".mypy_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
-
-
-def state_dir(project_root: Path) -> Path:
-    """Where Airlock keeps its state for a project: ``.airlock/`` beside ``airlock.yaml``."""
-    return project_root / ".airlock"
-
-
-def env_dir(project_root: Path, env: str) -> Path:
-    """Where one environment's agent, logs, data and database live."""
-    return state_dir(project_root) / "envs" / env
-
-
-def releases_dir(project_root: Path) -> Path:
-    return state_dir(project_root) / "releases"
 
 
 def sha256_file(path: Path) -> str:

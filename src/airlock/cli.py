@@ -21,9 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from airlock import api
-from airlock.checks import Finding, Severity, has_errors
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError
+from airlock.findings import Finding, Severity, has_errors
 from airlock.model import json_schema
 from airlock.runner import DeployResult, ProgressEvent
 

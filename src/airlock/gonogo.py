@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from airlock.bundle import Bundle, find_release, load_bundle
-from airlock.checks import Finding, Severity
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.checks.release_gates import ci_gate, logs_gate
 from airlock.errors import AirlockError, GateFailed, StateError, UsageError
+from airlock.findings import Finding, Severity
 from airlock.model import Project, require_env
 from airlock.state import Approval, GateRun, StateStore, deployed_project, open_state
 

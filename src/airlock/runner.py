@@ -28,8 +28,7 @@ from typing import Any
 
 import psutil
 
-from airlock.bundle import Bundle, env_dir, find_release, load_bundle
-from airlock.checks import Severity
+from airlock.bundle import Bundle, find_release, load_bundle
 from airlock.checks.bake import (
     MIN_REQUESTS,
     MemorySample,
@@ -76,9 +75,11 @@ from airlock.errors import (
     StateError,
     UsageError,
 )
+from airlock.findings import Severity
 from airlock.gonogo import check_approvals
 from airlock.masking import Masker
 from airlock.model import Project, Reference, require_env, substitute
+from airlock.paths import env_dir
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
 from airlock.runtimes import InstanceSpec, ProbeResult, Runtime
 from airlock.runtimes.local import LocalRuntime

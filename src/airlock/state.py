@@ -22,9 +22,10 @@ from typing import Any
 
 import psutil
 
-from airlock.bundle import load_bundle, state_dir
+from airlock.bundle import load_bundle
 from airlock.errors import LockedError, StateError, UsageError
 from airlock.model import Project
+from airlock.paths import state_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (

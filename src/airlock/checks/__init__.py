@@ -5,45 +5,9 @@ Codes are documented in ``docs/findings.md``; a test keeps that page and :data:`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any
+from airlock.findings import Finding, Severity, has_errors
 
-from airlock.errors import Location
-
-
-class Severity(StrEnum):
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"error": 3, "warning": 2, "info": 1}[self.value]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing a check found: what, how bad, where, and what to do."""
-
-    code: str
-    severity: Severity
-    message: str
-    location: Location | None = None
-    hint: str | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["severity"] = self.severity.value
-        if self.location is not None:
-            data["location"] = {
-                "file": self.location.file,
-                "line": self.location.line,
-                "column": self.location.column,
-                "path": self.location.path,
-            }
-        return data
+__all__ = ["CODES", "Finding", "Severity", "has_errors"]
 
 
 CODES: dict[str, str] = {
@@ -58,6 +22,3 @@ CODES: dict[str, str] = {
     "migration.drift": "The live schema differs from the one recorded after the last migrate.",
 }
 
-
-def has_errors(findings: list[Finding]) -> bool:
-    return any(f.severity is Severity.ERROR for f in findings)

@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import Finding
 from airlock.checks.leaks import CODE, KINDS
 from airlock.errors import UsageError
+from airlock.findings import Finding
 
 #: Where the baseline lives, relative to the repository root.
 BASELINE_PATH = Path(".airlock") / "secrets-baseline.json"

@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location, UsageError
+from airlock.findings import Finding, Severity
 
 CODES: dict[str, str] = {
     "ci.failing": "CI is red for the commit being released (failing tests, or status failure).",

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location
+from airlock.findings import Finding, Severity
 from airlock.model import Project
 
 CODES: dict[str, str] = {

@@ -47,8 +47,8 @@ from urllib.request import url2pathname
 
 import yaml
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location
+from airlock.findings import Finding, Severity
 from airlock.model import Project
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import CODES, Finding, Severity
+from airlock.checks import CODES
 from airlock.checks.baseline import filter_findings, load_baseline
 from airlock.checks.ci import CODES as CI_CODES
 from airlock.checks.config_files import CODES as CONFIG_CODES
@@ -34,6 +34,7 @@ from airlock.checks.posture import CODES as POSTURE_CODES
 from airlock.checks.release_gates import CODES as RELEASE_GATE_CODES
 from airlock.checks.static import check_project
 from airlock.errors import UsageError
+from airlock.findings import Finding, Severity
 from airlock.model import Project
 
 ALL_CODES: dict[str, str] = {

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location, UsageError
+from airlock.findings import Finding, Severity
 
 CODE = "secret.committed"
 

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import env_dir
-from airlock.checks import Finding, Severity
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import Location, UsageError
+from airlock.findings import Finding, Severity
 from airlock.model import LoadGateModel, Project, load_project, require_env
+from airlock.paths import env_dir
 from airlock.state import open_state
 
 CODES: dict[str, str] = {

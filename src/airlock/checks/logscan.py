@@ -32,8 +32,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location, UsageError
+from airlock.findings import Finding, Severity
 
 CODES: dict[str, str] = {
     "logs.card-number": "A log line or response body holds a payment card number.",

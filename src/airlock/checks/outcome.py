@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from airlock.checks import Finding, Severity
+from airlock.findings import Finding, Severity
 
 
 class Status(StrEnum):

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from airlock.checks import Finding, Severity
 from airlock.errors import Location, SecretError
+from airlock.findings import Finding, Severity
 from airlock.model import Project, references, substitute
 from airlock.plan import render_config
 from airlock.secrets import resolver

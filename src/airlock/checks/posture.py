@@ -33,7 +33,7 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkLocation
 
-from airlock.checks import Finding, Severity
+from airlock.findings import Finding, Severity
 
 CODES: dict[str, str] = {
     "posture.unreachable": "The environment did not answer, so its posture cannot be judged.",

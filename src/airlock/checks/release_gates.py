@@ -20,13 +20,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, env_dir
-from airlock.checks import Finding, Severity
+from airlock.bundle import Bundle
 from airlock.checks.ci import CiResult, ci_status, format_duration
 from airlock.checks.logscan import scan_log_files
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.errors import UsageError
+from airlock.findings import Finding, Severity
 from airlock.model import Project, require_env
+from airlock.paths import env_dir
 from airlock.runtimes.agent import LOG_DIR
 
 CODES: dict[str, str] = {

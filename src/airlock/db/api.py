@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.checks import Finding, Severity
 from airlock.db import backup as backups
 from airlock.db.files import Pending, discover
 from airlock.db.fingerprint import SchemaDiff
@@ -22,6 +21,7 @@ from airlock.db.rehearse import Method, Rehearsal
 from airlock.db.rehearse import rehearse as run_rehearsal
 from airlock.db.target import Target, backup_key, resolve
 from airlock.errors import GateFailed, UsageError
+from airlock.findings import Finding, Severity
 from airlock.model import Project, load_project
 
 Progress = Callable[[str], None]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from airlock.checks import Finding, Severity
 from airlock.db.sql import normalise
 from airlock.errors import Location, UsageError
+from airlock.findings import Finding, Severity
 
 Kind = Literal["V", "U", "R"]
 _NAME = re.compile(

@@ -31,9 +31,9 @@ from pglast.enums.parsenodes import (
 from pglast.enums.primnodes import NullTestType
 from pglast.parser import ParseError, parse_sql
 
-from airlock.checks import Finding, Severity
 from airlock.db.sql import Statement, plan_execution, split
 from airlock.errors import Location
+from airlock.findings import Finding, Severity
 
 __all__ = ["RULES", "Rule", "lint", "lint_files"]
 

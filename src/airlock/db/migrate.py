@@ -33,7 +33,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 
-from airlock.checks import Finding, Severity
 from airlock.db.connect import DatabaseUnreachable, connect, display_url
 from airlock.db.files import (
     Applied,
@@ -50,6 +49,7 @@ from airlock.db.files import (
 from airlock.db.fingerprint import SchemaDiff, diff, fingerprint, schema_snapshot
 from airlock.db.sql import Statement, explicit_transaction_control, split
 from airlock.errors import AirlockError, GateFailed, UsageError
+from airlock.findings import Finding, Severity
 
 HISTORY_TABLE = "airlock_schema_history"
 BASELINE_TABLE = "airlock_schema_baseline"

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, env_dir
+from airlock.bundle import Bundle
 from airlock.db.connect import connect, display_url, password_of, with_database
 from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
 from airlock.errors import SecretError, UsageError
 from airlock.masking import Masker
 from airlock.model import Project, Reference, references, require_env, substitute
+from airlock.paths import env_dir
 from airlock.secrets import SecretResolver, resolver
 
 
