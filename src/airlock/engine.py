@@ -53,13 +53,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Literal, TypeAlias
 
 from airlock.errors import AirlockError
+from airlock.graph import CycleError, toposort
 
 __all__ = [
     "Abort",
@@ -429,7 +429,7 @@ class Release:
         for i, ds in enumerate(deps):
             for j in ds:
                 dependents[j].append(i)
-        self._topo = self._toposort(deps, dependents)
+        self._topo = self._toposort(deps)
         self._topo_pos = [0] * n
         for pos, i in enumerate(self._topo):
             self._topo_pos[i] = pos
@@ -469,34 +469,15 @@ class Release:
 
     # -- plan checks ---------------------------------------------------------------------------
 
-    def _toposort(self, deps: list[tuple[int, ...]], dependents: list[list[int]]) -> list[int]:
-        """Kahn's algorithm in plan order; a leftover means a cycle, which is then named."""
-        indegree = [len(ds) for ds in deps]
-        todo = deque(i for i, k in enumerate(indegree) if k == 0)
-        order: list[int] = []
-        while todo:
-            i = todo.popleft()
-            order.append(i)
-            for d in dependents[i]:
-                indegree[d] -= 1
-                if indegree[d] == 0:
-                    todo.append(d)
-        if len(order) < len(deps):
-            # Every leftover service has a leftover dependency: walking them must loop.
-            start = next(i for i, k in enumerate(indegree) if k > 0)
-            seen: dict[int, int] = {}
-            path: list[int] = []
-            i = start
-            while i not in seen:
-                seen[i] = len(path)
-                path.append(i)
-                i = next(j for j in deps[i] if indegree[j] > 0)
-            cycle = [*path[seen[i] :], i]
+    def _toposort(self, deps: list[tuple[int, ...]]) -> list[int]:
+        """Dependencies first, in plan order where free; a cycle is named."""
+        try:
+            return toposort(deps)
+        except CycleError as exc:
             raise EngineError(
-                "dependency cycle: " + " → ".join(self._names[j] for j in cycle),
+                "dependency cycle: " + " → ".join(self._names[j] for j in exc.cycle),
                 hint="each service listed depends on the next one",
-            )
-        return order
+            ) from None
 
     # -- public state --------------------------------------------------------------------------
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from airlock.engine import EnginePlan, ServiceStep
+from airlock.graph import depths, named, toposort
+from airlock.graph import find_cycle as graph_find_cycle
 from airlock.model import Project, Scalar, references
 
 # ---------------------------------------------------------------------------------------------
@@ -21,62 +23,24 @@ from airlock.model import Project, Scalar, references
 
 def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
     """One dependency cycle as ``[a, b, …, a]``, or ``None``; unknown names are ignored."""
-    white, grey, black = 0, 1, 2
-    colour = dict.fromkeys(graph, white)
-    for root in sorted(graph):
-        if colour[root] != white:
-            continue
-        stack: list[tuple[str, Iterable[str]]] = [(root, iter(graph[root]))]
-        path = [root]
-        colour[root] = grey
-        while stack:
-            node, children = stack[-1]
-            for child in children:
-                if child not in colour:
-                    continue
-                if colour[child] == grey:
-                    return [*path[path.index(child) :], child]
-                if colour[child] == white:
-                    colour[child] = grey
-                    stack.append((child, iter(graph[child])))
-                    path.append(child)
-                    break
-            else:
-                colour[node] = black
-                stack.pop()
-                path.pop()
-    return None
+    names, deps = named(graph)
+    cycle = graph_find_cycle(deps)
+    return None if cycle is None else [names[i] for i in cycle]
 
 
 def topological_order(graph: Mapping[str, Sequence[str]]) -> list[str]:
-    """Dependencies first, ties broken by name; the graph must be acyclic and closed."""
-    remaining = {name: len(set(deps)) for name, deps in graph.items()}
-    dependents: dict[str, list[str]] = {name: [] for name in graph}
-    for name, deps in graph.items():
-        for dep in set(deps):
-            dependents[dep].append(name)
-    ready = sorted(name for name, count in remaining.items() if count == 0)
-    order: list[str] = []
-    while ready:
-        node = ready.pop(0)
-        order.append(node)
-        for child in sorted(dependents[node]):
-            remaining[child] -= 1
-            if remaining[child] == 0:
-                ready.append(child)
-        ready.sort()
-    return order
+    """Dependencies first, ties broken by name; the graph must be acyclic."""
+    names, deps = named(graph)
+    return [names[i] for i in toposort(deps)]
 
 
 def waves(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """Services grouped by dependency depth: how a plan is *shown* (starts are eager)."""
-    depth: dict[str, int] = {}
-    for name in topological_order(graph):
-        depth[name] = 1 + max((depth[d] for d in graph[name]), default=-1)
+    names, deps = named(graph)
     grouped: dict[int, list[str]] = {}
-    for name, level in depth.items():
+    for name, level in zip(names, depths(deps), strict=True):
         grouped.setdefault(level, []).append(name)
-    return [sorted(grouped[level]) for level in sorted(grouped)]
+    return [grouped[level] for level in sorted(grouped)]
 
 
 def dependency_graph(project: Project) -> dict[str, list[str]]:

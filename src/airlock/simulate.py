@@ -54,6 +54,7 @@ from airlock.engine import (
     SwitchTraffic,
     Tick,
 )
+from airlock.graph import depths, toposort
 
 __all__ = [
     "FailureKind",
@@ -366,19 +367,7 @@ def _topological(plan: EnginePlan) -> list[int]:
     """Service indexes, dependencies first (the plan is checked by building a Release)."""
     Release(plan)  # rejects unknown dependencies and cycles
     index = {s.name: i for i, s in enumerate(plan.services)}
-    deps = [[index[d] for d in s.depends_on] for s in plan.services]
-    dependents: list[list[int]] = [[] for _ in plan.services]
-    indegree = [len(set(ds)) for ds in deps]
-    for i, ds in enumerate(deps):
-        for j in set(ds):
-            dependents[j].append(i)
-    order = [i for i, k in enumerate(indegree) if k == 0]
-    for i in order:  # grows while iterating: Kahn's algorithm with a list as the queue
-        for d in dependents[i]:
-            indegree[d] -= 1
-            if indegree[d] == 0:
-                order.append(d)
-    return order
+    return toposort([[index[d] for d in s.depends_on] for s in plan.services])
 
 
 def critical_path(
@@ -404,11 +393,10 @@ def waves(plan: EnginePlan) -> list[list[str]]:
 
     Services keep their plan order within a wave.
     """
+    Release(plan)  # rejects unknown dependencies and cycles
     steps = plan.services
     index = {s.name: i for i, s in enumerate(steps)}
-    depth = [0] * len(steps)
-    for i in _topological(plan):
-        depth[i] = max((depth[index[d]] + 1 for d in steps[i].depends_on), default=0)
+    depth = depths([[index[d] for d in s.depends_on] for s in steps])
     grouped: list[list[str]] = [[] for _ in range(max(depth, default=-1) + 1)]
     for i, step in enumerate(steps):
         grouped[depth[i]].append(step.name)
