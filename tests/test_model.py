@@ -145,3 +145,18 @@ def test_a_bad_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "did you mean 'depends_on'?" in result.stderr
+
+
+def test_a_key_that_looks_like_a_type_name_is_still_placed(tmp_path: Path) -> None:
+    """Keys such as 'a[b' or 'str' are reported at their line, not lost with pydantic's names of
+    union members (which once left an empty key path and crashed)."""
+    error = error_of(tmp_path, VALID + "'a[b': 1\n")
+    assert "airlock.yaml:12:1: a[b: unknown key 'a[b'" in str(error)
+    error = error_of(tmp_path, VALID.replace("run: python app.py", "run: 5"))
+    assert ":4:5: services.api.run:" in str(error)
+
+
+def test_a_long_value_is_shortened_in_messages(tmp_path: Path) -> None:
+    """A wrong value is quoted in the message, but not a whole megabyte of it."""
+    error = error_of(tmp_path, VALID.replace("python proxy.py", "x\n    port: " + "y" * 5000))
+    assert "y" * 70 in str(error) and "y" * 100 not in str(error)

@@ -4,13 +4,17 @@ Loading keeps the position of every YAML node, so any error — a YAML syntax er
 an unknown key — names ``file:line:column``, the dotted key path, and a hint (``did you mean
 'depends_on'?``). Interpolation references (``${...}``) are parsed here; they are resolved later,
 per environment, by :mod:`airlock.plan` and the runner.
+
+Loading is bounded (:data:`MAX_BYTES`, :data:`MAX_NODES`, :data:`MAX_DEPTH`,
+:data:`MAX_ALIAS_NODES`), so a hostile file is refused with a position instead of exhausting
+the stack, the memory or the user's patience.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -200,6 +204,24 @@ class EnvironmentDatabaseModel(BaseModel):
     )
 
 
+class LocalRuntimeModel(BaseModel):
+    """Services run as processes on the machine Airlock runs on, under a per-environment agent."""
+
+    model_config = _strict()
+
+    type: Literal["local"] = "local"
+    dir: str | None = Field(
+        default=None,
+        description="Folder of the environment's agent, logs and data ({env} is replaced; "
+        "relative to airlock.yaml). Default: .airlock/envs/ENV. Working copies that share a "
+        "state store on one machine can share it.",
+    )
+
+
+#: The runtimes an environment can use, by ``type``.
+RUNTIME_TYPES = ("local",)
+
+
 class SecretsModel(BaseModel):
     """Where an environment's ``${secret:NAME}`` values come from."""
 
@@ -242,7 +264,10 @@ class EnvironmentModel(BaseModel):
 
     model_config = _strict()
 
-    runtime: Literal["local"] = Field(default="local", description="Where services run.")
+    runtime: LocalRuntimeModel = Field(
+        default_factory=LocalRuntimeModel,
+        description="Where services run: `local` (the default) or a mapping with its `type`.",
+    )
     database: EnvironmentDatabaseModel | None = None
     secrets: SecretsModel = Field(default_factory=SecretsModel)
     posture: PostureModel | None = None
@@ -258,6 +283,17 @@ class EnvironmentModel(BaseModel):
         default_factory=dict,
         description="Per-service config overrides for this environment: {service: {KEY: value}}.",
     )
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime_shorthand(cls, value: Any) -> Any:
+        """``runtime: local`` is short for ``runtime: {type: local}``."""
+        if isinstance(value, str):
+            if value not in RUNTIME_TYPES:
+                known = ", ".join(RUNTIME_TYPES)
+                raise ValueError(f"unknown runtime {value!r}; Airlock has: {known}")
+            return {"type": value}
+        return value
 
 
 class LoadGateModel(BaseModel):
@@ -419,8 +455,132 @@ def json_schema() -> dict[str, Any]:
 # Loading, with positions.
 
 
+MAX_BYTES = 1024 * 1024
+"""The largest project file Airlock reads (1 MiB); Phoenix's is 3 KiB."""
+MAX_DEPTH = 64
+"""The deepest nesting of mappings and lists, counting what aliases bring in."""
+MAX_NODES = 20_000
+"""The most values (keys, scalars, mappings, lists) a project file may write out."""
+MAX_ALIAS_NODES = 10_000
+"""The most values aliases (``*name``) may repeat, all aliases together."""
+MAX_INT_DIGITS = 4300
+"""The longest integer, in decimal digits (Python's own limit for reading one)."""
+
+_TAG = "tag:yaml.org,2002:"
+_MAP_TAG = _TAG + "map"
+_SEQ_TAG = _TAG + "seq"
+_INT_TAG = _TAG + "int"
+_SCALAR_TAGS = frozenset(
+    _TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")
+)
+_INT_CEILING = 10**MAX_INT_DIGITS
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as a new line
+_UNPRINTABLE = yaml.reader.Reader.NON_PRINTABLE  # characters YAML does not allow in a file
+
+
+class _Refused(Exception):
+    """The loader stopped at ``event``: a limit was reached, or an alias refers to itself."""
+
+    def __init__(self, message: str, event: yaml.Event, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.event = event
+        self.hint = hint
+
+
 class _Loader(yaml.SafeLoader):
-    """A safe loader; we only use it to compose nodes."""
+    """A safe loader that composes nodes within :data:`MAX_DEPTH`, :data:`MAX_NODES` and
+    :data:`MAX_ALIAS_NODES`, and refuses an alias used inside its own anchor.
+
+    Aliases are not copied by the composer (the alias and its anchor are one node), but
+    everything that walks the tree afterwards visits the anchor's value once per alias: a
+    300-byte file of nested aliases stands for millions of values. So every finished node's
+    size and height are kept, and each alias adds its anchor's to the running totals.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # mappings and lists open around the current node
+        self._written = 0  # nodes composed from the text
+        self._repeated = 0  # nodes reached again through aliases
+        self._open_anchors: set[str] = set()
+        self._measures: dict[int, tuple[int, int]] = {}  # id(node) → (nodes, height)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._check_alias(event)
+            return super().compose_node(parent, index)
+        self._written += 1
+        if self._written > MAX_NODES:
+            raise _Refused(
+                f"the file holds more than {MAX_NODES} values, more than Airlock reads",
+                event,
+                "airlock.yaml describes services and environments; keep data in other files",
+            )
+        nested = isinstance(event, yaml.CollectionStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _Refused(
+                    f"nested more than {MAX_DEPTH} levels deep",
+                    event,
+                    "a project file needs a few levels; look for brackets that are never closed",
+                )
+        anchor = event.anchor if isinstance(event, yaml.NodeEvent) else None
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        node = super().compose_node(parent, index)
+        if anchor is not None:
+            self._open_anchors.discard(anchor)
+        if nested:
+            self._depth -= 1
+        if node is not None:
+            self._measures[id(node)] = self._measure(node)
+        return node
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """How many nodes ``node`` stands for (aliases expanded), and how deep it nests."""
+        if isinstance(node, yaml.SequenceNode):
+            children: list[yaml.Node] = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        else:
+            return 1, 0
+        measures = [self._measures[id(child)] for child in children]
+        return (
+            1 + sum(count for count, _ in measures),
+            1 + max((height for _, height in measures), default=0),
+        )
+
+    def _check_alias(self, event: yaml.AliasEvent) -> None:
+        name = event.anchor
+        target = self.anchors.get(name)
+        if target is None:
+            return  # the composer reports an undefined alias
+        if name in self._open_anchors:
+            raise _Refused(
+                f"alias *{name} is used inside the value of its own anchor &{name} "
+                f"(line {target.start_mark.line + 1}), which would repeat itself forever",
+                event,
+                "an alias can only repeat a value that is complete; write this one out",
+            )
+        count, height = self._measures[id(target)]
+        if self._depth + height > MAX_DEPTH:
+            raise _Refused(
+                f"alias *{name} nests values more than {MAX_DEPTH} levels deep",
+                event,
+                "a project file needs a few levels; use fewer aliases inside aliases",
+            )
+        self._repeated += count
+        if self._repeated > MAX_ALIAS_NODES:
+            raise _Refused(
+                f"aliases repeat more than {MAX_ALIAS_NODES} values, more than Airlock "
+                f"expands (alias *{name} repeats {count})",
+                event,
+                "each alias copies its anchor's whole value; write the values out, or use "
+                "fewer aliases of aliases",
+            )
 
 
 def _construct(
@@ -428,9 +588,12 @@ def _construct(
     path: tuple[str | int, ...],
     positions: dict[tuple[str | int, ...], tuple[int, int]],
     file: str,
+    scalars: yaml.constructor.SafeConstructor,
 ) -> Any:
     positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
+        if node.tag != _MAP_TAG:
+            raise _unsupported_tag(node, file, path)
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -438,30 +601,109 @@ def _construct(
                     "a key must be a plain string",
                     location=_mark_location(file, key_node.start_mark, path),
                 )
-            key = str(key_node.value)
+            key = _text(key_node, str(key_node.value), file, path)
             if key in result:
                 raise ProjectError(
-                    f"duplicate key {key!r}",
+                    f"duplicate key {_shorten(key)!r}",
                     location=_mark_location(file, key_node.start_mark, (*path, key)),
                     hint="each key may appear once in a mapping; remove one of them",
                 )
-            result[key] = _construct(value_node, (*path, key), positions, file)
+            result[key] = _construct(value_node, (*path, key), positions, file, scalars)
             # Errors about a key point at the key, not at its value.
             positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
+        if node.tag != _SEQ_TAG:
+            raise _unsupported_tag(node, file, path)
         return [
-            _construct(item, (*path, index), positions, file)
+            _construct(item, (*path, index), positions, file, scalars)
             for index, item in enumerate(node.value)
         ]
-    loader = _Loader("")
-    return loader.construct_object(node, deep=True)
+    return _scalar(node, path, file, scalars)
+
+
+def _scalar(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    file: str,
+    scalars: yaml.constructor.SafeConstructor,
+) -> Any:
+    """The value of a scalar node, or a :class:`ProjectError` at it: an unknown tag, a value
+    its tag does not fit (``!!int abc``, ``!!bool maybe``), an integer too long to read."""
+    if node.tag not in _SCALAR_TAGS:
+        raise _unsupported_tag(node, file, path)
+    text = str(node.value)
+    kind = _short_tag(node.tag)
+    too_long = ProjectError(
+        f"this integer has more than {MAX_INT_DIGITS} digits, more than Airlock reads",
+        location=_mark_location(file, node.start_mark, path),
+        hint="quote it if it is meant as text",
+    )
+    if node.tag == _INT_TAG and len(text.lstrip("+-").replace("_", "")) > MAX_INT_DIGITS:
+        raise too_long
+    try:
+        value = scalars.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, LookupError, TypeError, AttributeError, ArithmeticError):
+        # PyYAML's constructors fail in many ways on a value that does not fit its tag
+        raise ProjectError(
+            f"{_shorten(text)!r} is not a valid {kind}",
+            location=_mark_location(file, node.start_mark, path),
+            hint=f"write a valid {kind}, or quote the value to make it text",
+        ) from None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_CEILING:
+        raise too_long  # a hexadecimal or base-60 integer can be short and still huge
+    if isinstance(value, str):
+        return _text(node, value, file, path)
+    return value
+
+
+def _text(node: yaml.Node, value: str, file: str, path: tuple[str | int, ...]) -> str:
+    """``value``, unless it holds a NUL character (written ``"\\0"``): no path, command,
+    host or environment variable can."""
+    if "\0" in value:
+        raise ProjectError(
+            "a NUL character (\\0) cannot be part of a value",
+            location=_mark_location(file, node.start_mark, path),
+            hint="paths, commands and environment variables cannot hold it; remove it",
+        )
+    return value
+
+
+def _unsupported_tag(node: yaml.Node, file: str, path: tuple[str | int, ...]) -> ProjectError:
+    return ProjectError(
+        f"the YAML tag {_short_tag(node.tag)} is not supported here",
+        location=_mark_location(file, node.start_mark, path),
+        hint="remove the tag: Airlock reads plain text, numbers, true/false, lists and "
+        "mappings (quote a value to make it text)",
+    )
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_TAG) if tag.startswith(_TAG) else tag
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _mark_location(file: str, mark: yaml.Mark, path: tuple[str | int, ...]) -> Location:
     return Location(
         file=file, line=mark.line + 1, column=mark.column + 1, path=".".join(map(str, path))
     )
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of ``text[index]``, counting line breaks as YAML does."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line += 1
+        start = match.end()
+    return line, index - start + 1
+
+
+def _text_location(file: Path, text: str, index: int) -> Location:
+    line, column = _line_column(text, index)
+    return Location(str(file), line, column)
 
 
 def find_project_file(start: Path) -> Path:
@@ -471,24 +713,87 @@ def find_project_file(start: Path) -> Path:
 
 def load_project(path: Path | str = PROJECT_FILE) -> Project:
     """Read and validate a project file; raise :class:`ProjectError` pointing into it."""
-    file = find_project_file(Path(path))
     try:
-        text = file.read_text(encoding="utf-8")
+        file = find_project_file(Path(path))
+    except (OSError, ValueError) as exc:
+        raise ProjectError(f"cannot read {_shorten(str(path), 200)}: {_reason(exc)}") from None
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ProjectError(
             f"no project file at {file}",
             hint="run airlock in the folder that holds airlock.yaml, or pass --project PATH",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"cannot read {file}: {exc}") from None
-    return parse_project(text, file)
+    except (OSError, ValueError) as exc:
+        raise ProjectError(f"cannot read {_shorten(str(file), 200)}: {_reason(exc)}") from None
+    if len(data) > MAX_BYTES:
+        raise _too_big(file, data[:MAX_BYTES].decode("utf-8", errors="ignore"))
+    return parse_project(_decode(data, file), file)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _too_big(file: Path, text: str) -> ProjectError:
+    return ProjectError(
+        f"the file is larger than {MAX_BYTES // 1024 // 1024} MiB, more than Airlock reads",
+        location=_text_location(file, text, min(len(text), MAX_BYTES)),
+        hint="airlock.yaml describes services and environments; keep data in other files",
+    )
+
+
+def _decode(data: bytes, file: Path) -> str:
+    """``data`` as UTF-8 text, or a :class:`ProjectError` at the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start].decode("utf-8")
+        raise ProjectError(
+            f"the file is not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})",
+            location=_text_location(file, before, len(before)),
+            hint="save airlock.yaml as UTF-8",
+        ) from None
 
 
 def parse_project(text: str, file: Path) -> Project:
-    """Validate the text of a project file (``file`` is used for messages and relative paths)."""
+    """Validate the text of a project file (``file`` is used for messages and relative paths).
+
+    Within the limits above; every problem, YAML or schema, is a :class:`ProjectError` that
+    names ``file:line:column``.
+    """
+    if len(text) > MAX_BYTES:
+        raise _too_big(file, text)
+    if unprintable := _UNPRINTABLE.search(text):
+        character = unprintable.group()
+        what = "control character" if character.isascii() or ord(character) < 0xA0 else "character"
+        raise ProjectError(
+            f"{what} U+{ord(character):04X} is not allowed in a YAML file",
+            location=_text_location(file, text, unprintable.start()),
+            hint="remove it; inside double quotes it can be written as an escape, e.g. "
+            f'"\\u{ord(character):04x}"',
+        )
     positions: dict[tuple[str | int, ...], tuple[int, int]] = {}
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+        if node is None:
+            raise ProjectError(
+                "the file is empty", location=Location(str(file)), hint="see `airlock schema`"
+            )
+        data = _construct(node, (), positions, str(file), yaml.constructor.SafeConstructor())
+    except _Refused as exc:
+        mark = exc.event.start_mark
+        location = (
+            Location(str(file), mark.line + 1, mark.column + 1) if mark else Location(str(file))
+        )
+        raise ProjectError(exc.message, location=location, hint=exc.hint) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         location = (
@@ -499,13 +804,16 @@ def parse_project(text: str, file: Path) -> Project:
             location=location,
             hint="check indentation and quoting around this place",
         ) from None
+    except yaml.reader.ReaderError as exc:
+        raise ProjectError(
+            f"invalid YAML: {exc.reason}", location=_text_location(file, text, exc.position)
+        ) from None
     except yaml.YAMLError as exc:
         raise ProjectError(f"invalid YAML: {exc}", location=Location(str(file))) from None
-    if node is None:
+    except RecursionError:  # the limits above should make this unreachable
         raise ProjectError(
-            "the file is empty", location=Location(str(file)), hint="see `airlock schema`"
-        )
-    data = _construct(node, (), positions, str(file))
+            "nested too deeply to read", location=Location(str(file)), hint="see `airlock schema`"
+        ) from None
     if not isinstance(data, dict):
         raise ProjectError(
             "the top level must be a mapping (project:, services:, environments:)",
@@ -554,26 +862,26 @@ def _translate(
     grouped: dict[tuple[str | int, ...], list[str]] = {}
     hints: dict[tuple[str | int, ...], str] = {}
     for error in exc.errors():
-        loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+        loc = _data_loc(data, error["loc"], missing=error["type"] == "missing")
         message = error["msg"]
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and loc:
             key = str(loc[-1])
             model = _model_at(loc[:-1])
             fields = sorted(model.model_fields) if model else []
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-            message = f"unknown key {key!r}"
+            message = f"unknown key {_shorten(key)!r}"
             if close:
                 hints[loc] = f"did you mean {close[0]!r}?"
             elif fields:
                 hints[loc] = "allowed keys here: " + ", ".join(fields)
-        elif error["type"] == "missing":
+        elif error["type"] == "missing" and loc:
             message = f"required key {str(loc[-1])!r} is missing"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         else:
             got = error.get("input")
             if not isinstance(got, dict | list):
-                message += f" (got {got!r})"
+                message += f" (got {_shorten(repr(got))})"
         if message not in grouped.setdefault(loc, []):
             grouped[loc].append(message)
     problems: list[tuple[Location, str, str | None]] = []
@@ -594,8 +902,24 @@ def _translate(
     )
 
 
-def _is_union_tag(part: str | int) -> bool:
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+def _data_loc(
+    data: Mapping[str, Any], loc: Sequence[str | int], *, missing: bool
+) -> tuple[str | int, ...]:
+    """The parts of pydantic's ``loc`` that are keys and indexes into ``data`` (and, for a
+    missing key, that key): pydantic adds the names of union members and validators, such as
+    ``str`` or ``list[str]``, which are not in the file."""
+    kept: list[str | int] = []
+    current: Any = data
+    for number, part in enumerate(loc):
+        inside = (isinstance(current, dict) and isinstance(part, str) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        )
+        if inside:
+            kept.append(part)
+            current = current[part]
+        elif missing and number == len(loc) - 1:
+            kept.append(part)
+    return tuple(kept)
 
 
 def _nearest(

@@ -140,12 +140,19 @@ def _sources(project: Project) -> list[Finding]:
     findings = []
     for name, service in project.services.items():
         for index, source in enumerate(service.source):
-            if not (project.root / source).exists():
+            shown = source if len(source) <= 80 else source[:79] + "…"
+            try:
+                problem = None if (project.root / source).exists() else "does not exist"
+            except (OSError, ValueError) as exc:
+                # e.g. a name longer than the file system allows (ENAMETOOLONG), a NUL byte
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                problem = f"cannot be checked: {reason}"
+            if problem is not None:
                 findings.append(
                     Finding(
                         "model.source-missing",
                         Severity.ERROR,
-                        f"service {name!r}: source {source!r} does not exist",
+                        f"service {name!r}: source {shown!r} {problem}",
                         project.locate("services", name, "source", index),
                         hint="paths are relative to the folder of airlock.yaml",
                     )
