@@ -39,7 +39,7 @@ from airlock.engine import (
 )
 from airlock.errors import AirlockError
 from airlock.simulate import (
-    SimulatedRuntime,
+    EngineSimulation,
     SimulationResult,
     critical_path,
     simulate,
@@ -197,7 +197,7 @@ def check_succeeded(plan: EnginePlan, result: SimulationResult) -> None:
     assert finished_at == pytest.approx(result.all_ready_at + plan.bake_seconds)
 
 
-def check_replay(plan: EnginePlan, runtime: SimulatedRuntime) -> None:
+def check_replay(plan: EnginePlan, runtime: EngineSimulation) -> None:
     """Replaying the journal (through JSON) rebuilds exactly the runtime's release state."""
     journal = [json.dumps(event_to_dict(e)) for e in runtime.result().events]
     rebuilt = replay(plan, [event_from_dict(json.loads(line)) for line in journal])
@@ -213,7 +213,7 @@ def check_replay(plan: EnginePlan, runtime: SimulatedRuntime) -> None:
     )
 
 
-def injections(runtime: SimulatedRuntime) -> list[tuple[str, str]]:
+def injections(runtime: EngineSimulation) -> list[tuple[str, str]]:
     """Every failure (kind, service) that can strike the release in its current state."""
     found = [("abort", "")]
     if runtime.release.phase is ReleasePhase.PENDING:
@@ -226,7 +226,7 @@ def injections(runtime: SimulatedRuntime) -> list[tuple[str, str]]:
     return found
 
 
-def inject(runtime: SimulatedRuntime, kind: str, service: str) -> None:
+def inject(runtime: EngineSimulation, kind: str, service: str) -> None:
     """Make ``service`` fail now (or abort the release), the way ``kind`` says."""
     if kind == "abort":
         runtime.send(Abort("injected", runtime.now))
@@ -243,8 +243,8 @@ def inject_everywhere(
 ) -> int:
     """Fail the release at every step of a successful run, in every possible way; check each."""
 
-    def runtime() -> SimulatedRuntime:
-        return SimulatedRuntime(plan, durations, stop_seconds=stop_seconds)
+    def runtime() -> EngineSimulation:
+        return EngineSimulation(plan, durations, stop_seconds=stop_seconds)
 
     baseline = runtime()
     result = baseline.run()
@@ -680,7 +680,7 @@ def test_integer_times_decode_as_floats() -> None:
 def test_replay_reproduces_the_state_at_every_step() -> None:
     """Replaying any prefix of the journal gives the same state as the live release."""
     plan = plan_of(*PHOENIX, bake_seconds=5, max_parallel=2)
-    runtime = SimulatedRuntime(plan, PHOENIX_DURATIONS, stop_seconds=0.5)
+    runtime = EngineSimulation(plan, PHOENIX_DURATIONS, stop_seconds=0.5)
     while runtime.step() is not None:
         check_replay(plan, runtime)
     assert runtime.release.outcome == "succeeded"
@@ -689,7 +689,7 @@ def test_replay_reproduces_the_state_at_every_step() -> None:
 def test_replay_then_abort_undoes_an_interrupted_release() -> None:
     """A release rebuilt from its journal rolls back what the dead runner had started."""
     plan = plan_of(*PHOENIX)
-    runtime = SimulatedRuntime(plan, PHOENIX_DURATIONS)
+    runtime = EngineSimulation(plan, PHOENIX_DURATIONS)
     while runtime.release.service_phase("payment") is not ServicePhase.STARTING:
         runtime.step()
     resumed = replay(plan, runtime.result().events)
@@ -809,9 +809,9 @@ def test_bounds_for_the_phoenix_plan() -> None:
 def test_simulator_rejects_bad_failures() -> None:
     """Failures for services that are not in the plan, or of unknown kinds, raise EngineError."""
     with pytest.raises(EngineError, match="failures name services not in the plan: ghost"):
-        SimulatedRuntime(plan_of(start("a")), {}, failures={"ghost": "exit"})
+        EngineSimulation(plan_of(start("a")), {}, failures={"ghost": "exit"})
     with pytest.raises(EngineError, match="unknown failure"):
-        SimulatedRuntime(plan_of(start("a")), {}, failures={"a": "melt"})  # type: ignore[dict-item]
+        EngineSimulation(plan_of(start("a")), {}, failures={"a": "melt"})  # type: ignore[dict-item]
 
 
 def test_ten_thousand_services_are_fast() -> None:

@@ -15,9 +15,10 @@ import pytest
 
 from airlock import api
 from airlock.checks import load
-from airlock.checks.load import default_targets, run_load, run_load_gate, url_variable
+from airlock.checks.load import default_targets, run_load, url_variable
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.errors import UsageError
+from airlock.gonogo import run_load_gate
 from airlock.model import load_project
 from airlock.state import open_state
 
@@ -37,11 +38,14 @@ def deployed(project: Path) -> str:
     return result.release
 
 
-def closed_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
+def closed_port() -> str:
+    """The URL of a port nothing listens on (bound, read, released)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+URLS = {"api": "http://127.0.0.1:9001", "web-front": "http://127.0.0.1:9000/"}
 
 
 def write_locustfile(project: Path, text: str, name: str = "load/locustfile.py") -> None:
@@ -341,14 +345,14 @@ def test_default_targets_and_url_variables(make_project: ProjectFactory) -> None
             gates=gates(),
         )
     )
-    targets = default_targets(project, {"api": 9001, "web-front": 9000})
+    targets = default_targets(project, URLS)  # service → stable URL, as a runtime gives them
     assert [(t.name, t.url) for t in targets] == [
         ("web-front GET /", "http://127.0.0.1:9000/"),
         ("web-front POST /orders", "http://127.0.0.1:9000/orders"),
         ("api DELETE /accounts/1", "http://127.0.0.1:9001/accounts/1"),
     ]
     assert url_variable("web-front") == "AIRLOCK_URL_WEB_FRONT"
-    env = load.worker_environment(project, {"api": 9001, "web-front": 9000})
+    env = load.worker_environment(project, URLS)
     assert env["AIRLOCK_URL_API"] == "http://127.0.0.1:9001"
     assert "AIRLOCK_URL_IDLE" not in env
-    assert load.default_host(project, {"api": 9001, "web-front": 9000}) == "http://127.0.0.1:9000"
+    assert load.default_host(project, URLS) == "http://127.0.0.1:9000"

@@ -144,8 +144,8 @@ def test_start_endpoint_switch_serves_through_stable_port(app: Path, env_dir: Pa
     rt = LocalRuntime(env_dir, "dev")
 
     async def deploy() -> int:
-        port = await rt.endpoint("web", None)
-        assert await rt.endpoint("web", None) == port
+        port = (await rt.endpoint("web", None)).port
+        assert (await rt.endpoint("web", None)).port == port
         status = await rt.start(make_spec(app, "v1"))
         assert status.running and not status.serving and status.port != port
         await wait_ready(rt, "v1")
@@ -178,7 +178,7 @@ def test_blue_green_switch_under_load_drops_no_request(app: Path, env_dir: Path)
     rt = LocalRuntime(env_dir, "dev")
 
     async def first() -> int:
-        port = await rt.endpoint("web", None)
+        port = (await rt.endpoint("web", None)).port
         await rt.start(make_spec(app, "v1"))
         await wait_ready(rt, "v1")
         await rt.switch("web", "v1")
@@ -410,7 +410,7 @@ def test_ports_stay_stable_across_agent_restarts(app: Path, env_dir: Path) -> No
 
     async def endpoints() -> tuple[int, int]:
         rt = LocalRuntime(env_dir, "dev")
-        return await rt.endpoint("web", None), await rt.endpoint("api", None)
+        return (await rt.endpoint("web", None)).port, (await rt.endpoint("api", None)).port
 
     first = asyncio.run(endpoints())
     assert first[0] != first[1]

@@ -20,8 +20,9 @@ from airlock.checks.ci import CODES as CI_CODES
 from airlock.checks.logscan import CODES as LOG_CODES
 from airlock.checks.logscan import scan_log_files, scan_logs
 from airlock.checks.outcome import GateOutcome, Status
-from airlock.checks.release_gates import CODES, ci_gate, logs_gate, release_prefix
+from airlock.checks.release_gates import CODES, ci_gate, release_prefix
 from airlock.errors import UsageError
+from airlock.gonogo import logs_gate
 from airlock.model import Project
 
 from .conftest import REPO, ProjectFactory

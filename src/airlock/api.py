@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.gonogo import Report as GoNoGoReport
 from airlock.model import Project, load_project, require_env
-from airlock.paths import env_dir
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
-from airlock.runtimes.local import LocalRuntime, agent_running, log_path, stop_environment
-from airlock.state import Deployment, deployed_project, open_state
+from airlock.runtimes import open_runtime
+from airlock.bundle import deployed_project
+from airlock.state import Deployment, open_state
 
 PathLike = Path | str
 
@@ -133,10 +132,14 @@ def deploy(
     An environment with ``approvals: N`` needs a GO report and N approvals of the release, or an
     ``override_reason`` (journaled with the deployment).
     """
+    from airlock import gonogo as gng
+
     root = project_at(project).root
-    return asyncio.run(
-        deploy_async(root, env, release_ref, progress=progress, override_reason=override_reason)
-    )
+    bundle = find_release(root, release_ref)
+    require_env(bundle.project, env)
+    with open_state(root) as store:
+        approval = gng.check_approvals(store, bundle.project, env, bundle, override_reason)
+    return asyncio.run(deploy_async(root, env, bundle.id, progress=progress, approval=approval))
 
 
 def rollback(
@@ -176,13 +179,9 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         running = store.running(env)
         last = store.deployments(env, 1)
         current = store.current_release(env)
-    folder = env_dir(root, env)
-    instances: dict[str, Any] = {}
-    agent = agent_running(folder)
-    if agent:
-        runtime = LocalRuntime(folder, env, start_agent=False)
-        for item in asyncio.run(runtime.status()):
-            instances[item.instance_id] = item
+    runtime = open_runtime(loaded, env, root=root)
+    instances = {item.instance_id: item for item in asyncio.run(runtime.status())}
+    endpoints = asyncio.run(runtime.endpoints())
     version = None
     if current is not None:
         try:
@@ -196,9 +195,11 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
             {
                 "service": name,
                 "release": row.release_id,
+                "url": endpoints[name].url if name in endpoints else None,
                 "instance": row.instance_id,
                 "running": bool(instance and instance.running),
                 "pid": instance.pid if instance else None,
+                "where": instance.where if instance else None,
                 "restarts": instance.exits if instance else 0,
                 "since": row.updated_at,
             }
@@ -207,7 +208,8 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         "env": env,
         "release": current,
         "version": version,
-        "agent": agent,
+        "runtime": runtime.name,
+        "agent": bool(endpoints or instances),
         "services": services,
         "lock": lock,
         "running_deployment": running.id if running else None,
@@ -219,19 +221,12 @@ def logs(project: PathLike, env: str, service: str, lines: int = 100) -> list[st
     """The last ``lines`` lines of a service's log in ``env`` (secrets already masked)."""
     loaded = project_at(project)
     require_env(loaded, env)
-    path = log_path(env_dir(loaded.root, env), service)
-    if not path.is_file():
-        known = sorted(loaded.services)
-        if service not in known:
-            raise UsageError(
-                f"no service {service!r} in {loaded.file}", hint="services: " + ", ".join(known)
-            )
+    known = sorted(loaded.services)
+    if service not in known:
         raise UsageError(
-            f"no logs for {service!r} in {env!r} yet ({path})",
-            hint=f"deploy first: `airlock deploy {env}`",
+            f"no service {service!r} in {loaded.file}", hint="services: " + ", ".join(known)
         )
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+    return asyncio.run(open_runtime(loaded, env, root=loaded.root).logs(service, lines))
 
 
 def stop_env(project: PathLike, env: str) -> bool:
@@ -245,7 +240,7 @@ def stop_env(project: PathLike, env: str) -> bool:
                 f"a deployment to {env!r} is running ({running.id}, {running.holder})",
                 hint="let it finish or interrupt it first",
             )
-        was_running = stop_environment(env_dir(loaded.root, env))
+        was_running = asyncio.run(open_runtime(loaded, env, root=loaded.root).shutdown())
         was_running = embedded_server(loaded.root, env).stop() or was_running
         store.remove_deployed(env)
         if running is not None:
@@ -334,14 +329,14 @@ def gate_load(
 ) -> GateOutcome:
     """Load-test the release serving in ``env`` against ``gates.load`` (``airlock gate load``);
     the figures and verdict are stored with that release."""
-    from airlock.checks.load import run_load_gate
+    from airlock import gonogo as gng
 
-    return run_load_gate(Path(project), env, progress=progress)
+    return gng.run_load_gate(Path(project), env, progress=progress)
 
 
 def gate_logs(project: PathLike, release_ref: str | None = None) -> GateOutcome:
     """Scan the release's log lines in every environment (``airlock gate logs``)."""
-    from airlock.checks.release_gates import logs_gate
+    from airlock.gonogo import logs_gate
 
     root = project_at(project).root
     bundle = find_release(root, release_ref)

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from airlock.checks.static import check_project
-from airlock.errors import ReleaseError, TamperedReleaseError
+from airlock.errors import ReleaseError, TamperedReleaseError, UsageError
 from airlock.findings import Severity
 from airlock.model import PROJECT_FILE, Project, load_project
 from airlock.paths import releases_dir
 from airlock.plan import render_config, service_digest
+from airlock.state import open_state
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -447,3 +448,15 @@ def latest_release(project_root: Path) -> Bundle:
             hint="seal one with `airlock release build --version V`; only sealed releases deploy",
         )
     return bundles[-1]
+
+
+def deployed_project(project_root: Path, env: str) -> Project | None:
+    """The project as sealed in the release deployed to ``env`` (None when nothing is, or when
+    that release's bundle is not in this working copy)."""
+    with open_state(project_root, readonly=True) as store:
+        current = store.current_release(env)
+    if current is None:
+        return None
+    with contextlib.suppress(UsageError):
+        return load_bundle(project_root, current).project
+    return None

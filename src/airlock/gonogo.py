@@ -25,23 +25,25 @@ release is GO and N different people approved it (``airlock approve``), unless t
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import html
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, find_release, load_bundle
+from airlock.bundle import Bundle, deployed_project, find_release, load_bundle
 from airlock.checks.outcome import GateOutcome, Status
-from airlock.checks.release_gates import ci_gate, logs_gate
+from airlock.checks.release_gates import ci_gate
+from airlock.checks.release_gates import logs_gate as scan_release_logs
 from airlock.errors import AirlockError, GateFailed, StateError, UsageError
 from airlock.findings import Finding, Severity
-from airlock.model import Project, require_env
-from airlock.state import Approval, GateRun, StateStore, deployed_project, open_state
+from airlock.model import Project, load_project, require_env
+from airlock.state import Approval, GateRun, StateStore, open_state
 
 Progress = Callable[[str], None]
 
@@ -313,6 +315,68 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
     )
 
 
+def logs_gate(
+    project: Project, project_root: Path, release_id: str, envs: Iterable[str] | None = None
+) -> GateOutcome:
+    """The logs gate (INC15) over every service log of ``envs`` (default: all environments),
+    fetched through each environment's runtime: see :func:`airlock.checks.release_gates.logs_gate`.
+    """
+    from airlock.runtimes import open_runtime
+
+    if project.gates.logs is None:
+        return GateOutcome.skipped("logs", "gates.logs is not configured in airlock.yaml")
+    chosen = list(project.environments) if envs is None else list(dict.fromkeys(envs))
+    for env in chosen:
+        require_env(project, env)
+
+    async def collect() -> dict[str, dict[str, Path]]:
+        root = project.root if project_root is None else project_root
+        return {env: await open_runtime(project, env, root=root).log_files() for env in chosen}
+
+    return scan_release_logs(project, release_id, asyncio.run(collect()))
+
+
+def run_load_gate(
+    project_root: Path,
+    env: str,
+    *,
+    progress: Progress | None = None,
+    record: bool = True,
+) -> GateOutcome:
+    """Put the services running in ``env`` under load and judge the figures (``gates.load``).
+
+    ``project_root`` is the folder holding ``airlock.yaml`` (or the file itself). Skipped when
+    ``gates.load`` is not configured; :class:`UsageError` when nothing is deployed or running in
+    ``env``, or when there is nothing to send (no locustfile and no declared ``endpoints``).
+    The services are reached at the stable endpoints their runtime gives. With ``record`` the
+    outcome is stored with the release deployed in ``env``. Synchronous: call it from async code
+    through ``asyncio.to_thread``.
+    """
+    from airlock.checks.load import GATE, run_load, running_urls
+    from airlock.runtimes import open_runtime
+
+    project = load_project(Path(project_root))
+    require_env(project, env)
+    if project.gates.load is None:
+        return GateOutcome.skipped(GATE, "gates.load is not configured in airlock.yaml")
+    root = project.root
+    with open_state(root) as store:
+        release = store.current_release(env)
+    deploy_hint = f"deploy first: `airlock deploy {env}`"
+    if release is None:
+        raise UsageError(f"nothing is deployed in environment {env!r}", hint=deploy_hint)
+    runtime = open_runtime(project, env, root=root)
+    endpoints = asyncio.run(runtime.endpoints())
+    urls = running_urls(project, {name: e.url for name, e in endpoints.items()})
+    if not urls:
+        raise UsageError(f"no service of {project.project!r} runs in {env!r}", hint=deploy_hint)
+    outcome = run_load(project, urls, release=release, progress=progress)
+    if record:
+        with open_state(root) as store:
+            store.record_gate(env, release, GATE, passed=outcome.passed, body=outcome.to_dict())
+    return outcome
+
+
 def _load(bundle: Bundle, project_root: Path, env: str, say: Progress) -> GateOutcome:
     if bundle.project.gates.load is None:
         return GateOutcome.skipped("load", "gates.load is not configured")
@@ -325,8 +389,6 @@ def _load(bundle: Bundle, project_root: Path, env: str, say: Progress) -> GateOu
         outcome.evidence = {**outcome.evidence, "measured_in": mine[0].env, "at": mine[0].at}
         return outcome
     if serving:
-        from airlock.checks.load import run_load_gate
-
         say(f"load: no load test recorded for {bundle.version}; running one against {env}")
         return run_load_gate(project_root, env, progress=say)
     finding = Finding(

@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from airlock.bundle import Bundle, find_release, load_bundle
 from airlock.checks.bake import (
     MIN_REQUESTS,
@@ -42,6 +40,7 @@ from airlock.checks.bake import (
     parse_metrics,
     traffic_figures,
 )
+from airlock.clock import SYSTEM, Clock
 from airlock.db.target import environment_database_url
 from airlock.engine import (
     Abort,
@@ -76,15 +75,13 @@ from airlock.errors import (
     UsageError,
 )
 from airlock.findings import Severity
-from airlock.gonogo import check_approvals
 from airlock.masking import Masker
 from airlock.model import Project, Reference, require_env, substitute
-from airlock.paths import env_dir
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
-from airlock.runtimes import InstanceSpec, ProbeResult, Runtime
-from airlock.runtimes.local import LocalRuntime
+from airlock.runtimes import Endpoint, InstanceSpec, ProbeResult, Runtime, open_runtime
 from airlock.secrets import referenced, resolver
-from airlock.state import DeployedRow, StateStore, deployed_project, open_state
+from airlock.bundle import deployed_project
+from airlock.state import DeployedRow, StateStore, open_state
 
 POLL_SECONDS = 0.05
 BAKE_POLL_SECONDS = 0.2
@@ -223,10 +220,9 @@ class _Drive:
         bundle: Bundle,
         plan: Plan,
         runtime: Runtime,
-        data_dir: Path,
         progress: Progress | None,
         project_root: Path,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         engine: Release | None = None,
     ) -> None:
         self.store = store
@@ -236,9 +232,9 @@ class _Drive:
         self.plan = plan
         self.env = plan.env
         self.runtime = runtime
-        self.data_dir = data_dir
         self.progress = progress
-        self.clock = clock
+        self.clock = clock.now
+        self.sleep = clock.sleep
         self.engine = engine or Release(plan.engine_plan())
         self.deployed: dict[str, DeployedRow] = store.deployed(plan.env)
         self.config = bundle.config(plan.env)
@@ -247,7 +243,7 @@ class _Drive:
         self.resolved: dict[str, dict[str, str]] = {}
         self.database_url: str | None = None
         self.migrations_applied: list[str] = []
-        self.ports: dict[str, int] = {}
+        self.endpoints: dict[str, Endpoint] = {}
         self.instances: dict[str, str] = {}  # service -> new instance id
         self.last_probe: dict[str, str] = {}
         self.detected_at: float | None = None
@@ -272,12 +268,12 @@ class _Drive:
         if ref.kind == "secret":
             return secrets_[ref.name]
         if ref.kind == "service":
-            port = self.ports[ref.name]
-            return {"url": f"http://127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port)}[
+            endpoint = self.endpoints[ref.name]
+            return {"url": endpoint.url, "host": endpoint.host, "port": str(endpoint.port)}[
                 ref.attribute
             ]
         if ref.kind == "env":
-            return self.env if ref.name == "name" else str(self.data_dir)
+            return self.env if ref.name == "name" else self.runtime.data_dir
         if ref.kind == "database":
             if self.database_url is None:
                 url, secret_values = environment_database_url(
@@ -291,10 +287,9 @@ class _Drive:
     async def bind(self, secrets_: Mapping[str, str]) -> dict[str, dict[str, str]]:
         """Stable ports for every service, then every service's environment, resolved."""
         self.masker.add(*secrets_.values())
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         for name, service in self.project.services.items():
             port = None if service.port == "auto" else service.port
-            self.ports[name] = await self.runtime.endpoint(name, port)
+            self.endpoints[name] = await self.runtime.endpoint(name, port)
         return {
             service: {
                 key: substitute(value, lambda ref: self._binding(ref, secrets_))
@@ -397,7 +392,8 @@ class _Drive:
             status = await self.runtime.start(spec)
         except AirlockError as exc:
             return [Failed(service, self.masker.mask(f"{service}: {exc.message}"), self.clock())]
-        self._emit("started", service, f"{service}: pid {status.pid}, port {status.port}")
+        where = f" ({status.where})" if status.where else ""
+        self._emit("started", service, f"{service}: started{where}")
         return [Started(service, self.clock())]
 
     async def run(self, secrets_: Mapping[str, str]) -> Finish:
@@ -441,7 +437,7 @@ class _Drive:
             if deadline is not None and self.clock() >= deadline:
                 await self.feed(Tick(self.clock()))
                 continue
-            await asyncio.sleep(POLL_SECONDS)
+            await self.sleep(POLL_SECONDS)
 
     async def _probe_starting(self) -> None:
         starting = [
@@ -489,7 +485,7 @@ class _Drive:
                 code = status.last_exit_code if status else None
                 await self.feed(Exited(service, code, self.clock()))
                 return
-            verdict = self._sample_memory(service, status.pid)
+            verdict = self._sample_memory(service, status.rss_bytes)
             if verdict is not None:
                 await self.feed(Failed(service, verdict.describe(service), self.clock()))
                 return
@@ -513,14 +509,11 @@ class _Drive:
                 await self.feed(Failed(service, reason, self.clock()))
                 return
 
-    def _sample_memory(self, service: str, pid: int | None) -> Verdict | None:
-        """Record the instance's resident memory; judge the trend against the gate (INC09)."""
+    def _sample_memory(self, service: str, rss: int | None) -> Verdict | None:
+        """Record the instance's resident memory, as the runtime measured it where the instance
+        runs; judge the trend against the gate (INC09)."""
         budget = self.project.gates.memory_growth_mb_per_min
-        if pid is None:
-            return None
-        try:
-            rss = psutil.Process(pid).memory_info().rss
-        except psutil.Error:
+        if rss is None:
             return None
         samples = self.memory.setdefault(service, [])
         samples.append(MemorySample(self.clock(), rss))
@@ -776,23 +769,19 @@ async def deploy_async(
     kind: str = "deploy",
     progress: Progress | None = None,
     runtime: Runtime | None = None,
-    override_reason: str | None = None,
+    approval: Mapping[str, Any] | None = None,
+    clock: Clock = SYSTEM,
 ) -> DeployResult:
     """Deploy a sealed release to ``env``; roll it back automatically on any failure.
 
-    An environment with ``approvals: N`` needs a GO report and N approvals first (see
-    :mod:`airlock.gonogo`), or an ``override_reason``, journaled with the deployment. A rollback
-    to a release that served before needs neither.
+    Approvals are the caller's to check (:func:`airlock.api.deploy` does, see
+    :mod:`airlock.gonogo`); what they found (``approval``) is journaled with the deployment.
     """
     started = time.monotonic()
     bundle = find_release(project_root, release)
     bundle.verify()
     project = bundle.project
     require_env(project, env)
-    approval: dict[str, Any] | None = None
-    if kind != "rollback":
-        with open_state(project_root) as store:
-            approval = check_approvals(store, project, env, bundle, override_reason)
     _static_gate(project, env, project_root)
     secrets_ = resolve_secrets(project, env, bundle.config(env), project_root)
     with open_state(project_root) as store:
@@ -814,10 +803,10 @@ async def deploy_async(
             deployment_id=deployment_id,
             bundle=bundle,
             plan=plan,
-            runtime=runtime or LocalRuntime(env_dir(project_root, env), env),
-            data_dir=env_dir(project_root, env) / "data",
+            runtime=runtime or open_runtime(project, env, root=project_root),
             progress=progress,
             project_root=project_root,
+            clock=clock,
         )
         drive.masker.add(*secrets_.values())
         try:
@@ -850,7 +839,12 @@ async def _finish_drive(
 
 
 async def resume_async(
-    project_root: Path, env: str, *, progress: Progress | None = None
+    project_root: Path,
+    env: str,
+    *,
+    progress: Progress | None = None,
+    runtime: Runtime | None = None,
+    clock: Clock = SYSTEM,
 ) -> DeployResult | None:
     """Finish or roll back a deploy whose process was killed (see the module docstring)."""
     started = time.monotonic()
@@ -878,10 +872,10 @@ async def resume_async(
             deployment_id=running.id,
             bundle=bundle,
             plan=plan,
-            runtime=LocalRuntime(env_dir(project_root, env), env),
-            data_dir=env_dir(project_root, env) / "data",
+            runtime=runtime or open_runtime(bundle.project, env, root=project_root),
             progress=progress,
             project_root=project_root,
+            clock=clock,
             engine=engine,
         )
         for service in plan.services:
@@ -934,7 +928,7 @@ def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         bake_started_at=drive.bake_started_at,
         started=[s.name for s in drive.plan.services if s.action == "start"],
         kept=[s.name for s in drive.plan.services if s.action == "keep"],
-        endpoints={name: f"http://127.0.0.1:{port}" for name, port in drive.ports.items()},
+        endpoints={name: endpoint.url for name, endpoint in drive.endpoints.items()},
         migrations=drive.migrations_applied,
         bake=drive.bake_figures,
     )

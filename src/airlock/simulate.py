@@ -1,7 +1,15 @@
-"""A simulated runtime with a virtual clock, to run the release engine without processes.
+"""Simulation on a virtual clock: the engine alone, or the real runner on a simulated runtime.
 
-:class:`SimulatedRuntime` drives a :class:`~airlock.engine.Release` the way the real runner does,
-but every service is imaginary: a started service becomes ready ``durations[name]`` seconds
+Two tools, for two questions:
+
+- :class:`SimulatedRuntime` implements the :class:`~airlock.runtimes.Runtime` protocol with
+  imaginary instances on a :class:`~airlock.clock.VirtualClock`. The real runner (journal,
+  resume, bake) runs on it unchanged, so tests can kill a deploy after any journal record and
+  resume it, in milliseconds.
+- :class:`EngineSimulation` drives a :class:`~airlock.engine.Release` by itself, event to
+  event, to measure schedules of thousands of services (``benchmarks/scheduler.py``) and to fail
+  the engine at every step. It plays the runner's part only as far as the engine sees it:
+  every service is imaginary: a started service becomes ready ``durations[name]`` seconds
 after ``StartNew`` (or fails then, as asked), a stopped one reports ``Stopped`` after
 ``stop_seconds``, and ``Tick`` is sent at :meth:`~airlock.engine.Release.next_deadline`. Time is a
 virtual clock that jumps from one event to the next, so a release of ten thousand services that
@@ -30,8 +38,10 @@ import heapq
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeAlias
 
+from airlock.clock import VirtualClock
 from airlock.engine import (
     Abort,
     Action,
@@ -54,9 +64,13 @@ from airlock.engine import (
     SwitchTraffic,
     Tick,
 )
+from airlock.errors import RuntimeFailure
 from airlock.graph import depths, toposort
+from airlock.runtimes import Endpoint, FetchResult, InstanceSpec, InstanceStatus, ProbeResult
 
 __all__ = [
+    "Behaviour",
+    "EngineSimulation",
     "FailureKind",
     "SimulatedRuntime",
     "SimulationResult",
@@ -121,7 +135,7 @@ class SimulationResult:
     """Real (wall clock) seconds spent inside :meth:`Release.handle`."""
 
 
-class SimulatedRuntime:
+class EngineSimulation:
     """Drive a release with imaginary services on a virtual clock.
 
     ``durations`` gives, per service, the seconds from ``StartNew`` to ``Ready`` (services
@@ -336,6 +350,187 @@ class SimulatedRuntime:
         self._schedule(fail_at, failure, name)
 
 
+@dataclass(frozen=True)
+class Behaviour:
+    """How an imaginary service behaves once started on a :class:`SimulatedRuntime`.
+
+    It is ready ``ready_after`` seconds after it starts. ``failure`` changes that: ``"exit"``
+    (the process exits then, with ``exit_code``), ``"hang"`` (never ready), ``"unhealthy"``
+    (ready, then its health check fails from ``fail_after`` seconds after the start),
+    ``"crash"`` (ready, then exits ``fail_after`` seconds after the start). ``rss_mb`` is its
+    resident memory at the start and ``leak_mb_per_min`` how fast that grows.
+    """
+
+    ready_after: float = 1.0
+    failure: Literal["exit", "hang", "unhealthy", "crash"] | None = None
+    fail_after: float = 0.0
+    exit_code: int = 1
+    rss_mb: float = 50.0
+    leak_mb_per_min: float = 0.0
+
+
+@dataclass
+class _Instance:
+    spec_service: str
+    instance_id: str
+    port: int
+    started_at: float
+    behaviour: Behaviour
+    stopped: bool = False
+
+
+class SimulatedRuntime:
+    """A :class:`~airlock.runtimes.Runtime` whose instances are imaginary, on a virtual clock.
+
+    ``behaviours`` says how each service's *new* instances behave (by service name; others get
+    ``Behaviour()``); :meth:`adopt` puts an instance that runs already (a previous release) in
+    place. The simulated world outlives a runner that is killed: a second runner (``resume``)
+    given the same object sees what the first one left.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self, clock: VirtualClock, behaviours: Mapping[str, Behaviour] | None = None
+    ) -> None:
+        self.clock = clock
+        self.behaviours: dict[str, Behaviour] = dict(behaviours or {})
+        self.instances: dict[str, _Instance] = {}
+        self.ports: dict[str, int] = {}
+        self.traffic: dict[str, str] = {}  # service → instance id that gets its requests
+        self.calls: list[tuple[str, str]] = []  # (operation, argument), in order
+        self._next_port = 20000
+
+    # -- inspecting the world ------------------------------------------------------------------
+
+    def running(self) -> dict[str, str]:
+        """Running instance id → service."""
+        return {i.instance_id: i.spec_service for i in self.instances.values() if self._alive(i)}
+
+    def adopt(self, service: str, instance_id: str, *, serving: bool = True) -> None:
+        """An instance that already runs (and serves, by default), as a previous deploy left it."""
+        self.instances[instance_id] = _Instance(
+            service, instance_id, self._port(), self.clock.now() - 3600, Behaviour(ready_after=0)
+        )
+        if serving:
+            self.traffic[service] = instance_id
+
+    # -- the Runtime protocol ------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> str:
+        return "/simulated/data"
+
+    async def endpoint(self, service: str, port: int | None) -> Endpoint:
+        self.calls.append(("endpoint", service))
+        if service not in self.ports:
+            self.ports[service] = port or self._port()
+        return Endpoint("simulated.invalid", self.ports[service])
+
+    async def endpoints(self) -> dict[str, Endpoint]:
+        return {name: Endpoint("simulated.invalid", port) for name, port in self.ports.items()}
+
+    async def start(self, spec: InstanceSpec) -> InstanceStatus:
+        self.calls.append(("start", spec.instance_id))
+        old = self.instances.get(spec.instance_id)
+        if old is not None and self._alive(old):
+            return self._status(old)
+        behaviour = self.behaviours.get(spec.service, Behaviour())
+        instance = _Instance(
+            spec.service, spec.instance_id, self._port(), self.clock.now(), behaviour
+        )
+        self.instances[spec.instance_id] = instance
+        return self._status(instance)
+
+    async def probe(self, instance_id: str, path: str) -> ProbeResult:
+        instance = self.instances.get(instance_id)
+        if instance is None or not self._alive(instance):
+            return ProbeResult(False, f"instance {instance_id} is not running", exited=True)
+        age = self.clock.now() - instance.started_at
+        behaviour = instance.behaviour
+        if behaviour.failure == "hang" or age < behaviour.ready_after:
+            return ProbeResult(False, f"GET {path} → 503: starting")
+        if behaviour.failure == "unhealthy" and age >= behaviour.fail_after:
+            return ProbeResult(False, f"GET {path} → 500: unhealthy")
+        return ProbeResult(True, f"GET {path} → 200")
+
+    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+        if instance_id not in self.running():
+            return FetchResult(None, f"GET {path} → instance {instance_id} is not running")
+        return FetchResult(404, f"GET {path} → 404")
+
+    async def switch(self, service: str, instance_id: str) -> None:
+        self.calls.append(("switch", instance_id))
+        if instance_id not in self.running():
+            raise RuntimeFailure(f"instance {instance_id} of {service!r} is not running")
+        self.traffic[service] = instance_id
+
+    async def stop(self, instance_id: str, *, force: bool = False) -> None:
+        self.calls.append(("stop", instance_id))
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            return
+        service = instance.spec_service
+        if self.traffic.get(service) == instance_id:
+            if not force:
+                raise RuntimeFailure(
+                    f"instance {instance_id} serves service {service!r}; switch it first"
+                )
+            del self.traffic[service]
+        instance.stopped = True
+        del self.instances[instance_id]
+
+    async def status(self) -> list[InstanceStatus]:
+        return [self._status(i) for i in self.instances.values()]
+
+    async def logs(self, service: str, lines: int) -> list[str]:
+        return []
+
+    async def log_files(self) -> dict[str, Path]:
+        return {}
+
+    async def shutdown(self) -> bool:
+        was = bool(self.instances)
+        self.instances.clear()
+        self.traffic.clear()
+        return was
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _port(self) -> int:
+        self._next_port += 1
+        return self._next_port
+
+    def _alive(self, instance: _Instance) -> bool:
+        if instance.stopped:
+            return False
+        behaviour = instance.behaviour
+        age = self.clock.now() - instance.started_at
+        if behaviour.failure == "exit":
+            return age < behaviour.ready_after
+        if behaviour.failure == "crash":
+            return age < behaviour.fail_after
+        return True
+
+    def _status(self, instance: _Instance) -> InstanceStatus:
+        alive = self._alive(instance)
+        behaviour = instance.behaviour
+        minutes = max(self.clock.now() - instance.started_at, 0.0) / 60
+        rss = (behaviour.rss_mb + behaviour.leak_mb_per_min * minutes) * 2**20
+        return InstanceStatus(
+            instance_id=instance.instance_id,
+            service=instance.spec_service,
+            pid=None,
+            port=instance.port,
+            running=alive,
+            exits=0 if alive else 1,
+            last_exit_code=None if alive else behaviour.exit_code,
+            serving=self.traffic.get(instance.spec_service) == instance.instance_id,
+            rss_bytes=int(rss) if alive else None,
+            where="simulated",
+        )
+
+
 def simulate(
     plan: EnginePlan,
     durations: Mapping[str, float],
@@ -346,8 +541,8 @@ def simulate(
     abort_at: float | None = None,
     default_duration: float = 1.0,
 ) -> SimulationResult:
-    """Run a whole release on a :class:`SimulatedRuntime` and return how it went."""
-    runtime = SimulatedRuntime(
+    """Run a whole release on an :class:`EngineSimulation` and return how it went."""
+    runtime = EngineSimulation(
         plan,
         durations,
         failures=failures,

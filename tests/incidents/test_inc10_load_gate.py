@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 
 from airlock import api
-from airlock.checks.load import run_load_gate
 from airlock.checks.outcome import Status
+from airlock.gonogo import run_load_gate
 from airlock.state import open_state
 
 from ..conftest import ProjectFactory

@@ -4,8 +4,9 @@
 (:mod:`airlock.checks.locust_worker`): importing Locust monkey-patches the whole process with
 gevent, so this module never imports it. The child gets a JSON spec, runs ``gates.load.users``
 users (started at ``spawn_rate`` per second) for ``duration`` seconds against the services' stable
-URLs ``http://127.0.0.1:PORT``, and writes its figures to a JSON file; this module compares them
-with ``gates.load`` and returns a :class:`~airlock.checks.outcome.GateOutcome`.
+URLs (as the environment's runtime gives them), and writes its figures to a JSON file; this
+module compares them with ``gates.load`` and returns a :class:`~airlock.checks.outcome.GateOutcome`.
+:func:`airlock.gonogo.run_load_gate` finds the URLs and stores the outcome with the release.
 
 What the users do:
 
@@ -25,7 +26,6 @@ process that crashed or overran its time limit (``duration`` + :data:`STOP_GRACE
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -37,13 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import Location, UsageError
 from airlock.findings import Finding, Severity
-from airlock.model import LoadGateModel, Project, load_project, require_env
-from airlock.paths import env_dir
-from airlock.state import open_state
+from airlock.model import LoadGateModel, Project
 
 CODES: dict[str, str] = {
     "load.p50": "The median latency under load is above gates.load.p50_ms.",
@@ -90,47 +89,45 @@ class LoadTarget:
         return {"name": self.name, "method": self.method, "url": self.url}
 
 
-def service_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
 def url_variable(service: str) -> str:
     """``AIRLOCK_URL_<SERVICE>``: the variable holding a service's base URL for a locustfile."""
     return "AIRLOCK_URL_" + service.upper().replace("-", "_")
 
 
-def running_ports(project: Project, ports: Mapping[str, int]) -> dict[str, int]:
-    """The ports of the project's services that run, in ``airlock.yaml`` order."""
-    return {name: ports[name] for name in project.services if name in ports}
+def running_urls(project: Project, urls: Mapping[str, str]) -> dict[str, str]:
+    """The base URLs of the project's services that run, in ``airlock.yaml`` order."""
+    return {name: urls[name].rstrip("/") for name in project.services if name in urls}
 
 
-def default_host(project: Project, ports: Mapping[str, int]) -> str | None:
+def default_host(project: Project, urls: Mapping[str, str]) -> str | None:
     """The URL of the first service (in ``airlock.yaml`` order) that runs."""
-    running = running_ports(project, ports)
-    return service_url(next(iter(running.values()))) if running else None
+    running = running_urls(project, urls)
+    return next(iter(running.values())) if running else None
 
 
-def default_targets(project: Project, ports: Mapping[str, int]) -> list[LoadTarget]:
+def default_targets(project: Project, urls: Mapping[str, str]) -> list[LoadTarget]:
     """What the default locustfile sends: every declared endpoint of every running service."""
     targets = []
-    for service, port in running_ports(project, ports).items():
+    for service, url in running_urls(project, urls).items():
         for endpoint in project.services[service].endpoints:
             method, path = endpoint.split()
-            targets.append(LoadTarget(service, method.upper(), path, service_url(port) + path))
+            targets.append(LoadTarget(service, method.upper(), path, url + path))
     return targets
 
 
-def worker_environment(project: Project, ports: Mapping[str, int]) -> dict[str, str]:
+def worker_environment(project: Project, urls: Mapping[str, str]) -> dict[str, str]:
     """The child's environment: ours, plus ``AIRLOCK_URL_<SERVICE>`` for each running service,
-    127.0.0.1 kept away from HTTP proxies, and this copy of Airlock importable."""
+    the services' hosts kept away from HTTP proxies, and this copy of Airlock importable."""
     env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
-    for service, port in running_ports(project, ports).items():
-        env[url_variable(service)] = service_url(port)
+    hosts = ["localhost"]
+    for service, url in running_urls(project, urls).items():
+        env[url_variable(service)] = url
+        host = urlsplit(url).hostname
+        if host and host not in hosts:
+            hosts.append(host)
     for key in ("NO_PROXY", "no_proxy"):
         present = [item for item in env.get(key, "").split(",") if item]
-        env[key] = ",".join(
-            [*present, *(h for h in ("127.0.0.1", "localhost") if h not in present)]
-        )
+        env[key] = ",".join([*present, *(h for h in hosts if h not in present)])
     source = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -154,61 +151,20 @@ def time_limit(config: LoadGateModel) -> float:
 # -- the gate ------------------------------------------------------------------------------------
 
 
-def run_load_gate(
-    project_root: Path,
-    env: str,
-    *,
-    progress: Progress | None = None,
-    record: bool = True,
-) -> GateOutcome:
-    """Put the services running in ``env`` under load and judge the figures (``gates.load``).
-
-    ``project_root`` is the folder holding ``airlock.yaml`` (or the file itself). Skipped when
-    ``gates.load`` is not configured; :class:`UsageError` when nothing is deployed or running in
-    ``env``, or when there is nothing to send (no locustfile and no declared ``endpoints``).
-    With ``record`` the outcome is stored with the release deployed in ``env``. Synchronous:
-    call it from async code through ``asyncio.to_thread``.
-    """
-    from airlock.runtimes.local import LocalRuntime, agent_running
-
-    project = load_project(Path(project_root))
-    require_env(project, env)
-    if project.gates.load is None:
-        return GateOutcome.skipped(GATE, "gates.load is not configured in airlock.yaml")
-    root = project.root
-    with open_state(root) as store:
-        release = store.current_release(env)
-    deploy_hint = f"deploy first: `airlock deploy {env}`"
-    if release is None:
-        raise UsageError(f"nothing is deployed in environment {env!r}", hint=deploy_hint)
-    folder = env_dir(root, env)
-    ports: dict[str, int] = {}
-    if agent_running(folder):
-        runtime = LocalRuntime(folder, env, start_agent=False)
-        ports = running_ports(project, asyncio.run(runtime.service_ports()))
-    if not ports:
-        raise UsageError(f"no service of {project.project!r} runs in {env!r}", hint=deploy_hint)
-    outcome = run_load(project, ports, release=release, progress=progress)
-    if record:
-        with open_state(root) as store:
-            store.record_gate(env, release, GATE, passed=outcome.passed, body=outcome.to_dict())
-    return outcome
-
-
 def run_load(
     project: Project,
-    ports: Mapping[str, int],
+    urls: Mapping[str, str],
     *,
     release: str | None = None,
     progress: Progress | None = None,
     timeout: float | None = None,
 ) -> GateOutcome:
-    """Run ``gates.load`` against services listening on ``ports`` (service → stable port) and
+    """Run ``gates.load`` against the services at ``urls`` (service → stable base URL) and
     judge the figures; nothing is recorded. ``timeout`` overrides :func:`time_limit`."""
     config = project.gates.load
     if config is None:
         return GateOutcome.skipped(GATE, "gates.load is not configured in airlock.yaml")
-    running = running_ports(project, ports)
+    running = running_urls(project, urls)
     host = default_host(project, running)
     if host is None:
         raise UsageError("no service runs, so there is nothing to put under load")
@@ -219,7 +175,7 @@ def run_load(
         "spawn_rate": config.spawn_rate,
         "duration_s": config.duration,
         "thresholds": thresholds(config),
-        "urls": {name: service_url(port) for name, port in running.items()},
+        "urls": dict(running),
         **dict.fromkeys(("requests", "failures", "error_rate", "p50_ms", "p95_ms", "p99_ms")),
         "rps": None,
         "endpoints": [],
@@ -448,7 +404,7 @@ def _summary(evidence: Mapping[str, Any]) -> str:
 
 
 def _run_worker(
-    project: Project, running: Mapping[str, int], spec: dict[str, Any], limit: float
+    project: Project, running: Mapping[str, str], spec: dict[str, Any], limit: float
 ) -> tuple[dict[str, Any] | None, Finding | None]:
     """Run the Locust child; its result, or a ``load.unavailable`` finding saying why not."""
     with tempfile.TemporaryDirectory(prefix="airlock-load-") as tmp:

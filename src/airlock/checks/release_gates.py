@@ -16,19 +16,19 @@ finds or cannot read: that is a failing outcome with a finding saying why.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airlock.bundle import Bundle
 from airlock.checks.ci import CiResult, ci_status, format_duration
 from airlock.checks.logscan import scan_log_files
 from airlock.checks.outcome import GateOutcome, Status
 from airlock.errors import UsageError
 from airlock.findings import Finding, Severity
-from airlock.model import Project, require_env
-from airlock.paths import env_dir
-from airlock.runtimes.agent import LOG_DIR
+from airlock.model import Project
+
+if TYPE_CHECKING:
+    from airlock.bundle import Bundle
 
 CODES: dict[str, str] = {
     "logs.no-logs": "The release has written no log line in any environment, so its logs cannot "
@@ -52,39 +52,35 @@ def release_prefix(service: str, release_id: str) -> re.Pattern[str]:
 
 def logs_gate(
     project: Project,
-    project_root: Path,
     release_id: str,
-    envs: Iterable[str] | None = None,
+    logs: Mapping[str, Mapping[str, Path]],
 ) -> GateOutcome:
     """Personal data in the log lines of release ``release_id`` (INC15).
 
-    Scans every service log of each environment of ``envs`` (default: all of the project's) for
-    the lines the release's instances wrote. FAIL on card numbers and configured patterns, or
-    when no such line exists anywhere (the release never ran); e-mail addresses are warnings.
-    An unknown environment name or an id shorter than 8 characters is a :class:`UsageError`.
+    ``logs`` maps each environment to scan to its services' log files (as its runtime gives
+    them, see :func:`airlock.gonogo.logs_gate`); only the lines the release's instances wrote
+    are read. FAIL on card numbers and configured patterns, or when no such line exists anywhere
+    (the release never ran); e-mail addresses are warnings. An id shorter than 8 characters is a
+    :class:`UsageError`.
     """
     config = project.gates.logs
     if config is None:
         return GateOutcome.skipped(LOGS, "gates.logs is not configured in airlock.yaml")
     if len(release_id) < 8:
         raise UsageError(f"{release_id!r} is not a release id (16 hex characters)")
-    chosen = list(project.environments) if envs is None else list(dict.fromkeys(envs))
-    for env in chosen:
-        require_env(project, env)
+    chosen = list(logs)
     short = release_id[:8]
     findings: list[Finding] = []
     files: dict[str, int] = {}
     scanned = 0
     for env in chosen:
-        folder = env_dir(project_root, env) / LOG_DIR
-        paths = sorted(folder.glob("*.log")) if folder.is_dir() else []
-        for path in paths:
+        for service, path in sorted(logs[env].items()):
             try:
                 scan = scan_log_files(
                     [path],
                     patterns=config.patterns,
                     emails=config.emails,
-                    line_prefix=release_prefix(path.stem, release_id),
+                    line_prefix=release_prefix(service, release_id),
                 )
             except UsageError as exc:
                 return _logs_unavailable(exc, release_id, chosen)

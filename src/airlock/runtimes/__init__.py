@@ -1,14 +1,51 @@
 """Runtimes: where service processes run.
 
 A runtime implements the small :class:`Runtime` protocol below; one module per target
-(``local`` today). The release engine never imports a runtime and runtimes never import the
-engine: the runner in between turns engine actions into runtime calls.
+(``local``, processes on this machine; ``ssh``, the same agent on each host of a fleet). The
+protocol speaks endpoints (host, port, URL), never pids or ``127.0.0.1``: nothing outside this
+package knows where a process runs. What the runner needs from there (an instance's resident
+memory, a service's log, the stable endpoint of every service, stopping everything) is asked of
+the runtime, which measures it where the process runs.
+
+:func:`open_runtime` picks the module named by the environment's ``runtime`` setting and
+imports it only then. A new runtime is one module with an ``open_runtime(project, env, settings,
+*, root)`` function, listed in :data:`RUNTIMES`, and its settings model in ``airlock.model``.
+
+The release engine never imports a runtime and runtimes never import the engine: the runner in
+between turns engine actions into runtime calls.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from airlock.model import Project
+
+#: Runtime name (``environments.ENV.runtime.type``) → the module that implements it.
+RUNTIMES: dict[str, str] = {
+    "local": "airlock.runtimes.local",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a service (or one instance of it) answers: a host and a port, as a URL."""
+
+    host: str
+    port: int
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -39,6 +76,10 @@ class InstanceStatus:
     exits: int
     last_exit_code: int | None
     serving: bool
+    #: resident memory in bytes, sampled where the instance runs (None when unknown)
+    rss_bytes: int | None = None
+    #: where the instance runs, for people: "pid 123" locally, "web-2 pid 123" on a fleet
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,10 +112,22 @@ class FetchResult:
 
 
 class Runtime(Protocol):
-    """The handful of operations the runner needs from a target."""
+    """The handful of operations the runner, the gates and the library need from a target."""
 
-    async def endpoint(self, service: str, port: int | None) -> int:
-        """Make sure ``service`` has a stable port (``port``, or a remembered/automatic one)."""
+    #: the runtime's name, as in ``airlock.yaml`` ("local", "ssh", …)
+    name: str
+
+    @property
+    def data_dir(self) -> str:
+        """A folder for services' own data (``${env.data}``), where they run; it exists once
+        :meth:`endpoint` was called."""
+
+    async def endpoint(self, service: str, port: int | None) -> Endpoint:
+        """Make sure ``service`` has a stable endpoint (``port``, or a remembered/automatic one)
+        and return it: what other services and clients use to reach it."""
+
+    async def endpoints(self) -> dict[str, Endpoint]:
+        """The stable endpoint of every service that has one now (nothing is started)."""
 
     async def start(self, spec: InstanceSpec) -> InstanceStatus:
         """Start a new instance next to whatever serves now; it gets no traffic yet."""
@@ -93,7 +146,24 @@ class Runtime(Protocol):
         """Drain and stop one instance; ``force`` also stops one that serves traffic now."""
 
     async def status(self) -> list[InstanceStatus]:
-        """Every instance the runtime knows of in this environment."""
+        """Every instance the runtime knows of in this environment, with its resident memory;
+        nothing is started to answer."""
 
-    async def shutdown(self) -> None:
-        """Stop every instance and the runtime's own helpers; leave nothing running."""
+    async def logs(self, service: str, lines: int) -> list[str]:
+        """The last ``lines`` lines of a service's log (secret values already masked)."""
+
+    async def log_files(self) -> dict[str, Path]:
+        """Every service's whole log as a file on this machine, for the gates that read them
+        (a remote runtime copies them into a local cache first); values already masked."""
+
+    async def shutdown(self) -> bool:
+        """Stop every instance and the runtime's own helpers; leave nothing running. Returns
+        whether anything was running."""
+
+
+def open_runtime(project: Project, env: str, *, root: Path) -> Runtime:
+    """The runtime of ``env``, as its ``runtime`` setting says; its module is imported now."""
+    settings = project.environments[env].runtime
+    module = importlib.import_module(RUNTIMES[settings.type])
+    runtime: Runtime = module.open_runtime(project, env, settings, root=root)
+    return runtime

@@ -638,6 +638,8 @@ class Agent:
             exits=inst.exits,
             last_exit_code=inst.last_exit_code,
             serving=proxy is not None and proxy.backend == inst.port,
+            rss_bytes=_rss(inst.proc.pid) if inst.running and inst.proc is not None else None,
+            where=f"pid {inst.proc.pid}" if inst.proc is not None else "",
         )
 
     def _sink(self, service: str) -> LogSink:
@@ -831,6 +833,14 @@ def _spec_from(data: Any) -> InstanceSpec:
         env=dict(env),
         secret_keys=tuple(secret_keys),
     )
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory of a process, in bytes (None when it cannot be read)."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 def _secret_values(spec: InstanceSpec) -> list[str]:

@@ -32,26 +32,33 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
 
 import airlock
-from airlock.errors import AirlockError, PortInUseError, RuntimeFailure
-from airlock.runtimes import FetchResult, InstanceSpec, InstanceStatus, ProbeResult
+from airlock.errors import AirlockError, PortInUseError, RuntimeFailure, UsageError
+from airlock.paths import env_dir
+from airlock.runtimes import Endpoint, FetchResult, InstanceSpec, InstanceStatus, ProbeResult
 from airlock.runtimes.agent import (
     AGENT_FILE,
     EXIT_ALREADY_RUNNING,
+    HOST,
+    LOG_DIR,
     TERM_GRACE,
     kill_recorded_instances,
     read_json,
     service_log_file,
 )
 
-__all__ = ["LocalRuntime", "agent_running", "log_path", "stop_environment"]
+if TYPE_CHECKING:
+    from airlock.model import LocalRuntimeModel, Project
+
+__all__ = ["LocalRuntime", "agent_running", "log_path", "open_runtime", "stop_environment"]
 
 #: Time a freshly started agent gets to answer.
 AGENT_START_TIMEOUT = 10.0
@@ -241,8 +248,23 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 # -- the runtime -------------------------------------------------------------------------------
 
 
+def open_runtime(
+    project: Project, env: str, settings: LocalRuntimeModel, *, root: Path
+) -> LocalRuntime:
+    """The local runtime of ``env``: its agent lives in ``settings.dir`` (relative to the
+    project) or ``.airlock/envs/ENV``."""
+    if settings.dir:
+        folder = Path(os.path.expanduser(settings.dir.replace("{env}", env)))
+        folder = folder if folder.is_absolute() else root / folder
+    else:
+        folder = env_dir(root, env)
+    return LocalRuntime(folder, env)
+
+
 class LocalRuntime:
     """Runs services as local processes through the environment's agent."""
+
+    name = "local"
 
     def __init__(self, env_dir: Path, env: str, *, start_agent: bool = True) -> None:
         self.env_dir = Path(env_dir)
@@ -252,12 +274,17 @@ class LocalRuntime:
 
     # -- Runtime protocol ---------------------------------------------------------------------
 
-    async def endpoint(self, service: str, port: int | None) -> int:
+    @property
+    def data_dir(self) -> str:
+        return str(self.env_dir / "data")
+
+    async def endpoint(self, service: str, port: int | None) -> Endpoint:
         """Bind the stable port of ``service`` (``port``, the remembered one, or a free one)."""
+        (self.env_dir / "data").mkdir(parents=True, exist_ok=True)
         result = await self._request(
             {"op": "endpoint", "service": service, "port": port}, timeout=15.0, start=True
         )
-        return int(result["port"])
+        return Endpoint(HOST, int(result["port"]))
 
     async def start(self, spec: InstanceSpec) -> InstanceStatus:
         """Start an instance next to the serving one; it gets no traffic until :meth:`switch`."""
@@ -352,17 +379,33 @@ class LocalRuntime:
         result = await self._request({"op": "status"}, timeout=10.0)
         return [_status(item) for item in result["instances"]]
 
-    async def service_ports(self) -> dict[str, int]:
-        """The stable port of every service that has one bound now."""
+    async def endpoints(self) -> dict[str, Endpoint]:
+        """The stable endpoint of every service that has one bound now."""
         if not await self._connected():
             return {}
         result = await self._request({"op": "status"}, timeout=10.0)
-        return {str(k): int(v) for k, v in result["services"].items()}
+        return {str(k): Endpoint(HOST, int(v)) for k, v in result["services"].items()}
 
-    async def shutdown(self) -> None:
+    async def logs(self, service: str, lines: int) -> list[str]:
+        """The last ``lines`` lines of the service's log file (masked by the agent)."""
+        path = log_path(self.env_dir, service)
+        if not path.is_file():
+            raise UsageError(
+                f"no logs for {service!r} in {self.env!r} yet ({path})",
+                hint=f"deploy first: `airlock deploy {self.env}`",
+            )
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+
+    async def log_files(self) -> dict[str, Path]:
+        folder = self.env_dir / LOG_DIR
+        found = sorted(folder.glob("*.log")) if folder.is_dir() else []
+        return {path.stem: path for path in found}
+
+    async def shutdown(self) -> bool:
         """Stop every instance and the agent; return once they are all gone."""
         self._info = None
-        await asyncio.to_thread(stop_environment, self.env_dir)
+        return await asyncio.to_thread(stop_environment, self.env_dir)
 
     # -- talking to the agent -----------------------------------------------------------------
 
@@ -519,6 +562,7 @@ def _local_client(timeout: float) -> httpx.AsyncClient:
 
 
 def _status(data: dict[str, Any]) -> InstanceStatus:
+    rss = data.get("rss_bytes")
     return InstanceStatus(
         instance_id=str(data["instance_id"]),
         service=str(data["service"]),
@@ -528,6 +572,8 @@ def _status(data: dict[str, Any]) -> InstanceStatus:
         exits=int(data.get("exits", 0)),
         last_exit_code=data.get("last_exit_code"),
         serving=bool(data.get("serving", False)),
+        rss_bytes=rss if isinstance(rss, int) else None,
+        where=str(data.get("where") or ""),
     )
 
 
