@@ -570,3 +570,23 @@ def test_yaml_like_text_parses_or_raises_a_project_error(parts: list[str]) -> No
     with contextlib.suppress(ProjectError):
         parse_project(text, Path("airlock.yaml"))
     assert time.monotonic() - start < HANG_SECONDS
+
+
+def test_a_long_config_file_name_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+    """The same for a declared config file whose name the file system cannot look up."""
+    from airlock.checks.config_files import check_config_files
+
+    long_name = "conf/" + "c" * 300 + ".yaml"
+    (tmp_path / "airlock.yaml").write_text(
+        "project: shop\n"
+        "services:\n"
+        "  api:\n"
+        "    run: python api.py\n"
+        f"    config_files: [{long_name}]\n"
+        "environments:\n"
+        "  staging: {}\n"
+    )
+    [finding] = check_config_files(load_project(tmp_path))
+    assert finding.code == "config.invalid-file"
+    assert "cannot be checked" in finding.message
+    assert finding.location is not None and finding.location.line == 5

@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, build_release, find_release, list_releases, load_bundle
+from airlock.bundle import (
+    Bundle,
+    build_release,
+    deployed_project,
+    find_release,
+    list_releases,
+    load_bundle,
+)
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
@@ -21,7 +28,6 @@ from airlock.model import Project, load_project, require_env
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes import open_runtime
-from airlock.bundle import deployed_project
 from airlock.state import Deployment, open_state
 
 PathLike = Path | str

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airlock.bundle import Bundle, find_release, load_bundle
+from airlock.bundle import Bundle, deployed_project, find_release, load_bundle
 from airlock.checks.bake import (
     MIN_REQUESTS,
     MemorySample,
@@ -80,7 +80,6 @@ from airlock.model import Project, Reference, require_env, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
 from airlock.runtimes import Endpoint, InstanceSpec, ProbeResult, Runtime, open_runtime
 from airlock.secrets import referenced, resolver
-from airlock.bundle import deployed_project
 from airlock.state import DeployedRow, StateStore, open_state
 
 POLL_SECONDS = 0.05

@@ -21,4 +21,3 @@ CODES: dict[str, str] = {
     "migration.out-of-order": "A pending migration's version is below the latest applied one.",
     "migration.drift": "The live schema differs from the one recorded after the last migrate.",
 }
-

@@ -181,7 +181,23 @@ def check_config_files(project: Project) -> list[Finding]:
             evidence = {"service": name, "file": entry}
             path = project.root / entry
             kind = format_of(path)
-            if not path.exists():
+            try:
+                exists = path.exists()
+            except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                findings.append(
+                    Finding(
+                        "config.invalid-file",
+                        Severity.ERROR,
+                        f"config file {entry[:80]!r}… of service {name!r} cannot be checked: "
+                        f"{reason}",
+                        key,
+                        hint="fix the path (relative to airlock.yaml)",
+                        evidence={"service": name, "file": entry[:200]},
+                    )
+                )
+                continue
+            if not exists:
                 findings.append(
                     Finding(
                         "config.invalid-file",
