@@ -577,6 +577,7 @@ def test_a_long_config_file_name_is_a_finding_not_a_crash(tmp_path: Path) -> Non
     from airlock.checks.config_files import check_config_files
 
     long_name = "conf/" + "c" * 300 + ".yaml"
+    (tmp_path / "conf").mkdir()  # so the name itself is what the file system refuses
     (tmp_path / "airlock.yaml").write_text(
         "project: shop\n"
         "services:\n"
