@@ -20,6 +20,8 @@ import yaml
 from airlock.db.server import EmbeddedServer, ServerInfo
 from airlock.runtimes.local import stop_environment
 
+pytest_plugins = ["tests.fleet_hosts"]
+
 REPO = Path(__file__).resolve().parents[1]
 WEBAPP = Path(__file__).resolve().parent / "fixtures" / "webapp.py"
 PHOENIX = REPO / "examples" / "phoenix"
