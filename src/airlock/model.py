@@ -218,8 +218,119 @@ class LocalRuntimeModel(BaseModel):
     )
 
 
+class SshHostModel(BaseModel):
+    """One host of an ``ssh`` environment."""
+
+    model_config = _strict()
+
+    address: str = Field(description="IP address or DNS name Airlock connects to.")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
+    user: str | None = Field(default=None, description="Login user (default: runtime.user).")
+    key: str | None = Field(
+        default=None, description="Private key file (default: runtime.key, then ssh-agent)."
+    )
+    roles: list[str] = Field(
+        default_factory=list, description="Roles, for placement: `role:NAME` in `placement`."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError("an address is a host name or an IP address, without spaces")
+        return value.strip()
+
+
+class RolloutModel(BaseModel):
+    """How a service's new version reaches its hosts."""
+
+    model_config = _strict()
+
+    batch: int | str = Field(
+        default=1,
+        description="Hosts switched at a time: a number (1) or a share of the service's hosts "
+        '("25%"). Each batch gets its traffic only once its new instances are ready.',
+    )
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("batch must be at least 1 host")
+            return value
+        text = value.strip()
+        if not (text.endswith("%") and text[:-1].isdigit() and 0 < int(text[:-1]) <= 100):
+            raise ValueError('batch is a number of hosts or a share such as "25%"')
+        return text
+
+    def size(self, hosts: int) -> int:
+        """How many of ``hosts`` hosts one batch holds (at least one)."""
+        if isinstance(self.batch, int):
+            return max(1, min(self.batch, hosts))
+        share = int(self.batch[:-1])
+        return max(1, -(-hosts * share // 100))
+
+
+class SshRuntimeModel(BaseModel):
+    """Services run on a fleet of hosts reached over SSH, each with Airlock's agent."""
+
+    model_config = _strict()
+
+    type: Literal["ssh"]
+    hosts: dict[str, SshHostModel] = Field(
+        min_length=1, description="The hosts, by name: {web-1: {address: 10.0.0.11}, ...}."
+    )
+    user: str = Field(default="root", description="Login user of every host without its own.")
+    key: str | None = Field(
+        default=None, description="Private key file for every host without its own."
+    )
+    known_hosts: str | None = Field(
+        default=None,
+        description="known_hosts file with the hosts' keys (default: ~/.ssh/known_hosts).",
+    )
+    host_keys: Literal["strict", "pin"] = Field(
+        default="strict",
+        description="strict: a host's key must be in known_hosts. pin: trust a host's key the "
+        "first time and record it in .airlock/known_hosts; a changed key is refused either way.",
+    )
+    base_dir: str = Field(
+        default="~/.airlock",
+        description="Where Airlock keeps its agent, releases and logs on each host.",
+    )
+    python: str = Field(default="python3", description="Python 3.11+ on the hosts.")
+    listen: str | None = Field(
+        default=None,
+        description="Address the services' stable ports listen on, on each host (default: the "
+        "host's address; 0.0.0.0 for every interface).",
+    )
+    placement: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Where services run: {service: [host name or role:NAME, ...]}. A service "
+        "not listed runs on every host.",
+    )
+    rollout: RolloutModel = Field(default_factory=RolloutModel)
+    connect_timeout: Duration = Field(default=10.0, description="Time to connect to a host.")
+
+    def hosts_of(self, service: str) -> list[str]:
+        """The names of the hosts ``service`` runs on, in the order of ``hosts``."""
+        wanted = self.placement.get(service)
+        if wanted is None:
+            return list(self.hosts)
+        chosen: set[str] = set()
+        for item in wanted:
+            if item.startswith("role:"):
+                role = item.removeprefix("role:")
+                chosen.update(n for n, h in self.hosts.items() if role in h.roles)
+            elif item in self.hosts:
+                chosen.add(item)
+        return [name for name in self.hosts if name in chosen]
+
+
+RuntimeModel = Annotated[LocalRuntimeModel | SshRuntimeModel, Field(discriminator="type")]
+
 #: The runtimes an environment can use, by ``type``.
-RUNTIME_TYPES = ("local",)
+RUNTIME_TYPES = ("local", "ssh")
 
 
 class SecretsModel(BaseModel):
@@ -264,7 +375,7 @@ class EnvironmentModel(BaseModel):
 
     model_config = _strict()
 
-    runtime: LocalRuntimeModel = Field(
+    runtime: RuntimeModel = Field(
         default_factory=LocalRuntimeModel,
         description="Where services run: `local` (the default) or a mapping with its `type`.",
     )
@@ -283,6 +394,15 @@ class EnvironmentModel(BaseModel):
         default_factory=dict,
         description="Per-service config overrides for this environment: {service: {KEY: value}}.",
     )
+
+    def member_hosts(self) -> set[str]:
+        """Host names that belong to this environment (lower case): ``hosts``, and for an
+        ``ssh`` runtime the names and addresses of its hosts."""
+        members = {h.lower() for h in self.hosts}
+        if isinstance(self.runtime, SshRuntimeModel):
+            for name, host in self.runtime.hosts.items():
+                members.update({name.lower(), host.address.lower()})
+        return members
 
     @field_validator("runtime", mode="before")
     @classmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -78,9 +77,19 @@ from airlock.findings import Severity
 from airlock.masking import Masker
 from airlock.model import Project, Reference, require_env, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
-from airlock.runtimes import Endpoint, InstanceSpec, ProbeResult, Runtime, open_runtime
+from airlock.runtimes import (
+    Endpoint,
+    InstanceSpec,
+    InstanceStatus,
+    ProbeResult,
+    Runtime,
+    open_runtime,
+)
 from airlock.secrets import referenced, resolver
 from airlock.state import DeployedRow, StateStore, open_state
+
+#: What the bake judges: one service's new instance on one host ("" on a single machine).
+Unit = tuple[str, str]
 
 POLL_SECONDS = 0.05
 BAKE_POLL_SECONDS = 0.2
@@ -146,13 +155,6 @@ class DeployResult:
 
 # ---------------------------------------------------------------------------------------------
 # Paths and context.
-
-
-def resolve_argv(argv: list[str]) -> tuple[str, ...]:
-    """``python``/``python3`` at the head of a command means the interpreter running Airlock."""
-    if argv and argv[0] in {"python", "python3"}:
-        return (sys.executable, *argv[1:])
-    return tuple(argv)
 
 
 def resolve_secrets(
@@ -248,13 +250,14 @@ class _Drive:
         self.detected_at: float | None = None
         self.finished: Finish | None = None
         self._unhealthy: dict[str, int] = {}
-        self.memory: dict[str, list[MemorySample]] = {}
+        # Bake figures per (service, host): a service on three hosts is judged on each.
+        self.memory: dict[Unit, list[MemorySample]] = {}
         self.bake_started_at: float | None = None
         # /metrics during the bake: the first good scrape (baseline) and the latest one.
-        self.traffic_first: dict[str, Traffic] = {}
-        self.traffic_last: dict[str, Traffic] = {}
-        self._scrapes: dict[str, int] = {}
-        self._metrics_misses: dict[str, int] = {}
+        self.traffic_first: dict[Unit, Traffic] = {}
+        self.traffic_last: dict[Unit, Traffic] = {}
+        self._scrapes: dict[Unit, int] = {}
+        self._metrics_misses: dict[Unit, int] = {}
         self.bake_figures: dict[str, dict[str, Any]] = {}  # per service, once the bake is over
 
     # -- helpers -------------------------------------------------------------------------------
@@ -381,7 +384,7 @@ class _Drive:
         spec = InstanceSpec(
             service=service,
             instance_id=self.instance_id(service),
-            argv=resolve_argv(model.argv),
+            argv=tuple(model.argv),
             cwd=str(self.bundle.files_dir),
             env=self.resolved[service],
             secret_keys=tuple(sorted(secret_keys(self.config[service]))),
@@ -475,19 +478,30 @@ class _Drive:
                 await self.feed(Ready(service, self.clock()))
 
     async def _watch_bake(self) -> None:
-        statuses = {s.instance_id: s for s in await self.runtime.status()}
+        statuses: dict[str, list[InstanceStatus]] = {}
+        for status in await self.runtime.status():
+            statuses.setdefault(status.instance_id, []).append(status)
         for service, instance in self.instances.items():
             if self.engine.service_phase(service) is not ServicePhase.READY:
                 continue
-            status = statuses.get(instance)
-            if status is None or status.exits > 0 or not status.running:
-                code = status.last_exit_code if status else None
+            found = statuses.get(instance, [])
+            gone = [s for s in found if s.exits > 0 or not s.running]
+            if not found or (gone and not gone[0].host):
+                code = gone[0].last_exit_code if gone else None
                 await self.feed(Exited(service, code, self.clock()))
                 return
-            verdict = self._sample_memory(service, status.rss_bytes)
-            if verdict is not None:
-                await self.feed(Failed(service, verdict.describe(service), self.clock()))
+            if gone:  # on a fleet: say which host
+                code = gone[0].last_exit_code
+                exit_text = f" with code {code}" if code is not None else ""
+                reason = f"{service}: the instance on {gone[0].host} exited{exit_text}"
+                await self.feed(Failed(service, reason, self.clock()))
                 return
+            for status in found:
+                verdict = self._sample_memory((service, status.host), status.rss_bytes)
+                if verdict is not None:
+                    who = f"{service} on {status.host}" if status.host else service
+                    await self.feed(Failed(service, verdict.describe(who), self.clock()))
+                    return
             model = self.project.services[service]
             result = await self._probe(instance, model.health)
             if result.ok:
@@ -503,18 +517,19 @@ class _Drive:
                         )
                     )
                     return
-            reason = await self._scrape_metrics(service, instance)
-            if reason is not None:
-                await self.feed(Failed(service, reason, self.clock()))
-                return
+            for status in found:
+                problem = await self._scrape_metrics((service, status.host), instance)
+                if problem is not None:
+                    await self.feed(Failed(service, problem, self.clock()))
+                    return
 
-    def _sample_memory(self, service: str, rss: int | None) -> Verdict | None:
-        """Record the instance's resident memory, as the runtime measured it where the instance
-        runs; judge the trend against the gate (INC09)."""
+    def _sample_memory(self, unit: Unit, rss: int | None) -> Verdict | None:
+        """Record one instance's resident memory on one host, as the runtime measured it where
+        the instance runs; judge its trend against the gate (INC09)."""
         budget = self.project.gates.memory_growth_mb_per_min
         if rss is None:
             return None
-        samples = self.memory.setdefault(service, [])
+        samples = self.memory.setdefault(unit, [])
         samples.append(MemorySample(self.clock(), rss))
         return judge_memory(samples, budget) if budget is not None else None
 
@@ -533,36 +548,39 @@ class _Drive:
             gates.error_rate is not None or gates.p95_ms is not None
         )
 
-    async def _scrape_metrics(self, service: str, instance: str) -> str | None:
-        """Scrape the new instance's metrics and judge its requests since the first scrape
-        against ``gates.error_rate`` and ``gates.p95_ms``: a failure reason, or None so far.
+    async def _scrape_metrics(self, unit: Unit, instance: str) -> str | None:
+        """Scrape the new instance's metrics (on one host) and judge its requests since the
+        first scrape against ``gates.error_rate`` and ``gates.p95_ms``: a failure reason, or
+        None so far.
 
         Metrics that cannot be read (not Prometheus text, a non-2xx answer) fail at once: a
         bake that cannot judge a service does not let it through. No answer at all counts
         like a failed health check: three in a row fail.
         """
+        service, host = unit
         if not self._judges_traffic(service):
             return None
+        who = f"{service} on {host}" if host else service
         path = self.project.services[service].metrics or "/metrics"
         cannot = "the bake cannot judge it, so the release is not let through"
-        result = await self.runtime.fetch(instance, path)
+        result = await self.runtime.fetch(instance, path, host=host or None)
         result = replace(result, detail=self.masker.mask(result.detail))
         if result.status is None:
-            misses = self._metrics_misses[service] = self._metrics_misses.get(service, 0) + 1
+            misses = self._metrics_misses[unit] = self._metrics_misses.get(unit, 0) + 1
             if misses < 3:
                 return None
             return self.masker.mask(
-                f"{service}: {path} did not answer during bake ({result.detail}); {cannot}"
+                f"{who}: {path} did not answer during bake ({result.detail}); {cannot}"
             )
-        self._metrics_misses[service] = 0
+        self._metrics_misses[unit] = 0
         if not result.ok:
             return self.masker.mask(
-                f"{service}: {path} answered {result.status} instead of metrics "
+                f"{who}: {path} answered {result.status} instead of metrics "
                 f"({self._clip(result.detail)}); {cannot}"
             )
         if result.truncated:
             return self.masker.mask(
-                f"{service}: {path} answered more text than Airlock reads "
+                f"{who}: {path} answered more text than Airlock reads "
                 f"({len(result.body) // 1024} KiB read); {cannot}"
             )
         try:
@@ -570,17 +588,16 @@ class _Drive:
         except MetricsError as exc:
             why = self._clip(str(exc).removeprefix("not Prometheus text: "))
             return self.masker.mask(
-                f"{service}: {path} answered something that is not Prometheus text ({why}); "
-                + cannot
+                f"{who}: {path} answered something that is not Prometheus text ({why}); " + cannot
             )
-        self._scrapes[service] = self._scrapes.get(service, 0) + 1
-        first = self.traffic_first.setdefault(service, traffic)
-        self.traffic_last[service] = traffic
+        self._scrapes[unit] = self._scrapes.get(unit, 0) + 1
+        first = self.traffic_first.setdefault(unit, traffic)
+        self.traffic_last[unit] = traffic
         if first is traffic:
             return None
         gates = self.project.gates
         verdict = judge_traffic(first, traffic, gates.error_rate, gates.p95_ms, MIN_REQUESTS)
-        return None if verdict is None else self.masker.mask(verdict.describe(service))
+        return None if verdict is None else self.masker.mask(verdict.describe(who))
 
     def _close_bake(self) -> None:
         """Journal what the bake measured of each new instance, with the limits and the verdict
@@ -619,14 +636,33 @@ class _Drive:
         )
 
     def _bake_figures(self, service: str) -> dict[str, Any]:
-        """One new instance's bake figures: memory, and requests from its metrics."""
+        """One new instance's bake figures: memory, and requests from its metrics. On a fleet,
+        those of each host under ``hosts``, and at the top those of the worst host (the fastest
+        memory growth, then the highest error rate)."""
+        hosts = sorted(
+            {host for name, host in [*self.memory, *self._scrapes] if name == service and host}
+        )
+        if not hosts:
+            return self._unit_figures((service, ""))
+        each = {host: self._unit_figures((service, host)) for host in hosts}
+
+        def badness(host: str) -> tuple[float, float]:
+            figures = each[host]
+            return (figures["memory_mb_per_min"] or 0.0, figures["error_rate"] or 0.0)
+
+        worst = max(hosts, key=badness)
+        return {**each[worst], "host": worst, "hosts": each}
+
+    def _unit_figures(self, unit: Unit) -> dict[str, Any]:
+        """The bake figures of one instance on one host."""
+        service = unit[0]
         gates = self.project.gates
-        samples = self.memory.get(service, [])
+        samples = self.memory.get(unit, [])
         growth = memory_growth_mb_per_min(samples)
         figures: dict[str, Any] = {
             "memory_mb": round(samples[-1].rss_bytes / 2**20, 1) if samples else None,
             "memory_mb_per_min": round(growth, 2) if growth is not None else None,
-            "scrapes": self._scrapes.get(service, 0),
+            "scrapes": self._scrapes.get(unit, 0),
             "requests": None,
             "errors": None,
             "error_rate": None,
@@ -637,7 +673,7 @@ class _Drive:
                 "p95_ms": gates.p95_ms,
             },
         }
-        first, last = self.traffic_first.get(service), self.traffic_last.get(service)
+        first, last = self.traffic_first.get(unit), self.traffic_last.get(unit)
         if first is not None and last is not None:
             figures.update(traffic_figures(first, last))
             if figures["error_rate"] is not None:
@@ -659,7 +695,7 @@ class _Drive:
         ]
         if not unjudged:
             return figures
-        if self._scrapes.get(service, 0) < 2:
+        if self._scrapes.get(unit, 0) < 2:
             why = f"{path} was not read twice during the bake"
         elif not figures["requests"]:
             why = "no requests reached the new version during the bake"

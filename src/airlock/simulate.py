@@ -454,7 +454,7 @@ class SimulatedRuntime:
             return ProbeResult(False, f"GET {path} → 500: unhealthy")
         return ProbeResult(True, f"GET {path} → 200")
 
-    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+    async def fetch(self, instance_id: str, path: str, *, host: str | None = None) -> FetchResult:
         if instance_id not in self.running():
             return FetchResult(None, f"GET {path} → instance {instance_id} is not running")
         return FetchResult(404, f"GET {path} → 404")

@@ -84,7 +84,7 @@ class _EnvView:
 
 def _view(project: Project, env: str) -> _EnvView:
     environment = project.environments[env]
-    view = _EnvView(env, declared={h.lower() for h in environment.hosts})
+    view = _EnvView(env, declared=environment.member_hosts())
 
     def placeholder(ref: object) -> str:
         kind = getattr(ref, "kind", "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airlock.checks import Finding, Severity
-from airlock.model import Project, references
+from airlock.model import Project, SshRuntimeModel, references
 from airlock.plan import find_cycle, render_config
 
 
@@ -15,7 +15,59 @@ def check_project(project: Project) -> list[Finding]:
         *_references(project),
         *_ports(project),
         *_sources(project),
+        *_placement(project),
     ]
+    return findings
+
+
+def _placement(project: Project) -> list[Finding]:
+    """Where services run on ``ssh`` environments: known hosts, roles and services only, and
+    every service on at least one host."""
+    findings = []
+    for env, environment in project.environments.items():
+        runtime = environment.runtime
+        if not isinstance(runtime, SshRuntimeModel):
+            continue
+        roles = {role for host in runtime.hosts.values() for role in host.roles}
+        for service, wanted in runtime.placement.items():
+            where = project.locate("environments", env, "runtime", "placement", service)
+            if service not in project.services:
+                findings.append(
+                    Finding(
+                        "runtime.unknown-service",
+                        Severity.ERROR,
+                        f"environment {env!r} places {service!r}, which is not a service",
+                        where,
+                        hint="services: " + ", ".join(sorted(project.services)),
+                    )
+                )
+                continue
+            for index, item in enumerate(wanted):
+                role = item.removeprefix("role:") if item.startswith("role:") else None
+                if (role is None and item in runtime.hosts) or (role is not None and role in roles):
+                    continue
+                known = ", ".join([*runtime.hosts, *(f"role:{r}" for r in sorted(roles))])
+                findings.append(
+                    Finding(
+                        "runtime.unknown-host",
+                        Severity.ERROR,
+                        f"environment {env!r} places {service!r} on {item!r}, which is not one "
+                        "of its hosts" + (" or roles" if role is not None else ""),
+                        project.locate("environments", env, "runtime", "placement", service, index),
+                        hint=f"hosts and roles: {known}",
+                    )
+                )
+        for service in project.services:
+            if service in runtime.placement and not runtime.hosts_of(service):
+                findings.append(
+                    Finding(
+                        "runtime.no-host",
+                        Severity.ERROR,
+                        f"service {service!r} would run on no host of environment {env!r}",
+                        project.locate("environments", env, "runtime", "placement", service),
+                        hint="name at least one of its hosts, or a role one of them has",
+                    )
+                )
     return findings
 
 

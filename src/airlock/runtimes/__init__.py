@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 #: Runtime name (``environments.ENV.runtime.type``) → the module that implements it.
 RUNTIMES: dict[str, str] = {
     "local": "airlock.runtimes.local",
+    "ssh": "airlock.runtimes.ssh",
 }
 
 
@@ -58,7 +59,9 @@ class InstanceSpec:
 
     service: str
     instance_id: str
+    #: the command; ``python``/``python3`` at its head means the runtime's Python 3
     argv: tuple[str, ...]
+    #: the sealed release's files on this machine; a remote runtime copies them to its hosts
     cwd: str
     env: dict[str, str] = field(default_factory=dict)
     secret_keys: tuple[str, ...] = ()
@@ -80,6 +83,9 @@ class InstanceStatus:
     rss_bytes: int | None = None
     #: where the instance runs, for people: "pid 123" locally, "web-2 pid 123" on a fleet
     where: str = ""
+    #: the host it runs on, for a runtime with several ("" for one machine); an instance of
+    #: a service on three hosts has three statuses, one per host
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,10 @@ class Runtime(Protocol):
     async def probe(self, instance_id: str, path: str) -> ProbeResult:
         """GET ``path`` on the instance itself (not through the stable port)."""
 
-    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+    async def fetch(self, instance_id: str, path: str, *, host: str | None = None) -> FetchResult:
         """GET ``path`` on the instance itself and return what it answered; never raises for
-        an instance that does not answer (``status`` is ``None`` then)."""
+        an instance that does not answer (``status`` is ``None`` then). ``host`` picks one host
+        of a runtime with several (as in :attr:`InstanceStatus.host`)."""
 
     async def switch(self, service: str, instance_id: str) -> None:
         """Route the service's new requests to ``instance_id``; in-flight ones finish."""

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +287,12 @@ class LocalRuntime:
         return Endpoint(HOST, int(result["port"]))
 
     async def start(self, spec: InstanceSpec) -> InstanceStatus:
-        """Start an instance next to the serving one; it gets no traffic until :meth:`switch`."""
+        """Start an instance next to the serving one; it gets no traffic until :meth:`switch`.
+
+        ``python``/``python3`` at the head of its command means the interpreter running Airlock.
+        """
+        if spec.argv and spec.argv[0] in {"python", "python3"}:
+            spec = replace(spec, argv=(sys.executable, *spec.argv[1:]))
         result = await self._request(
             {"op": "start", "spec": asdict(spec)}, timeout=20.0, start=True
         )
@@ -301,7 +306,7 @@ class LocalRuntime:
         exited = not instance.running or instance.exits > 0
         return ProbeResult(result.ok, result.detail, exited)
 
-    async def fetch(self, instance_id: str, path: str) -> FetchResult:
+    async def fetch(self, instance_id: str, path: str, *, host: str | None = None) -> FetchResult:
         """GET ``path`` on the instance's own port; its status and (at most ``FETCH_LIMIT``
         bytes of) body. No answer within ``FETCH_TIMEOUT`` gives ``status=None``, never an
         exception."""
