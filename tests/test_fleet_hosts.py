@@ -10,7 +10,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.fleet_hosts import DEFAULT_HIDDEN_DIRS, Fleet, FleetHost
+from airlock.testbed import Fleet, FleetHost
+from tests.fleet_hosts import HIDDEN
 
 
 async def connect(
@@ -74,7 +75,7 @@ def test_the_operators_files_are_not_on_the_hosts(
     mine = tmp_path / "operator-only.txt"
     mine.write_text(token)
     known_hosts = fleet.known_hosts(fleet_hosts)
-    checkout = DEFAULT_HIDDEN_DIRS[0]
+    checkout = HIDDEN[0]
     for host in fleet_hosts:
         assert asyncio.run(ssh_status(host, known_hosts, f"test -e {mine}")) == 1
         assert asyncio.run(ssh_status(host, known_hosts, "test -e /root/.pyenv")) == 1
