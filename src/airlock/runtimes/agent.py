@@ -1,10 +1,14 @@
-"""The per-environment agent of the ``local`` runtime.
+"""The per-environment agent of the ``local`` and ``ssh`` runtimes.
 
 The agent is a small detached process, one per environment directory. It owns the service
 processes of that environment and their stable ports, so a release started from one CLI
 command can be switched or stopped from the next one::
 
-    python -m airlock.runtimes.agent --env-dir DIR --env NAME
+    python -m airlock.runtimes.agent --env-dir DIR --env NAME [--listen-host ADDRESS]
+
+The ``local`` runtime runs it on this machine; the ``ssh`` runtime ships this module (with
+``proxy``, ``masking``, ``h11`` and ``psutil``) to each host of a fleet and runs it there with the
+host's own ``python3`` (3.11+), so it imports nothing else of Airlock and no other package.
 
 What it does:
 
@@ -12,7 +16,13 @@ What it does:
   TCP, each request carrying the random token written, with the port and pid, to
   ``DIR/agent.json`` (mode 0600; removed on exit);
 * binds one :class:`~airlock.runtimes.proxy.ServiceProxy` per service on its stable port
-  (remembered in ``DIR/ports.json``) and switches it between instances;
+  (remembered in ``DIR/ports.json``) and switches it between instances; the proxies listen on
+  ``127.0.0.1`` unless ``--listen-host`` names another address (a fleet host's own address, or
+  ``0.0.0.0``); instances always listen on ``127.0.0.1``;
+* remembers, per service, the instance that served before the last switch, so that stopping the
+  serving instance with ``force`` and ``fallback`` hands the traffic back to it;
+* answers ``get``: a GET of a path on an instance's own port, made here (where the instance
+  runs), for probes and scrapes of remote instances;
 * starts instances in their own process group with a free backend port in ``PORT``, restarts an
   instance that exits on its own with exponential backoff, and stops instances by draining
   their in-flight requests, then ``SIGTERM``, then ``SIGKILL`` of the whole group;
@@ -22,7 +32,8 @@ What it does:
 
 Requests are ``{"token": ..., "op": ..., ...}``; replies are ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": {"code": ..., "message": ..., ...}}``. The agent never writes an
-environment value or its token anywhere but ``agent.json``.
+environment value anywhere (instances get theirs in memory, through ``exec``), nor its token
+anywhere but ``agent.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import h11
 import psutil
 
 from airlock.masking import Masker
@@ -91,6 +103,11 @@ BACKOFF_RESET_AFTER = 60.0
 MAX_LOG_LINE = 1024 * 1024
 #: Largest control request line.
 MAX_REQUEST = 4 * 1024 * 1024
+#: ``get``: the longest a GET may take, and the largest body it returns.
+MAX_GET_TIMEOUT = 30.0
+MAX_GET_BYTES = 16 * 1024 * 1024
+#: Time the readiness check of ``switch`` gets.
+SWITCH_READY_TIMEOUT = 1.0
 
 # Variables a service inherits from the agent unless its spec sets them.
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -278,18 +295,108 @@ class LogSink:
             self._fh = None
 
 
+class _HostProxy(ServiceProxy):
+    """A service proxy that listens on ``host`` (``ServiceProxy`` itself listens on 127.0.0.1)."""
+
+    def __init__(self, service: str, host: str) -> None:
+        super().__init__(service)
+        self.host = host
+
+    async def listen(self, port: int) -> int:
+        if self.host == HOST:
+            return await super().listen(port)
+        server = await asyncio.start_server(
+            self._on_client,
+            self.host,
+            port,
+            reuse_address=True,
+            backlog=256,
+            limit=self.chunk_size,
+        )
+        self._server = server
+        self._port = int(server.sockets[0].getsockname()[1])
+        return self._port
+
+
+async def http_get(port: int, path: str, timeout: float, limit: int) -> dict[str, Any]:
+    """GET ``path`` on ``127.0.0.1:port``: ``{"status", "body", "truncated", "error"}``.
+
+    ``status`` is ``None`` (and ``error`` says why) when no answer came within ``timeout``;
+    ``body`` holds at most ``limit`` bytes of the answer, decoded as its charset says.
+    """
+    answer: dict[str, Any] = {"status": None, "body": "", "truncated": False, "error": None}
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="GET",
+                target=path,
+                headers=[
+                    ("Host", f"{HOST}:{port}"),
+                    ("User-Agent", "airlock-agent"),
+                    ("Connection", "close"),
+                ],
+            )
+            writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            chunks: list[bytes] = []
+            size = 0
+            charset = "utf-8"
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(64 * 1024))
+                    continue
+                if isinstance(event, h11.Response):
+                    answer["status"] = event.status_code
+                    for name, value in event.headers:
+                        if name == b"content-type" and b"charset=" in value:
+                            raw = value.split(b"charset=", 1)[1].split(b";")[0]
+                            charset = raw.decode("ascii", "replace").strip(" \"'") or "utf-8"
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                    size += len(event.data)
+                    if size > limit:
+                        answer["truncated"] = True
+                        break
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            data = b"".join(chunks)[:limit]
+            try:
+                answer["body"] = data.decode(charset, errors="replace")
+            except LookupError:
+                answer["body"] = data.decode("utf-8", errors="replace")
+    except TimeoutError:
+        answer.update(status=None, error=f"no answer within {timeout:g} s")
+    except ConnectionRefusedError:
+        answer.update(status=None, error="connection refused")
+    except h11.ProtocolError as exc:
+        answer.update(status=None, error=f"invalid HTTP answer ({exc})")
+    except (ConnectionError, OSError) as exc:
+        answer.update(status=None, error=exc.strerror or type(exc).__name__)
+    finally:
+        if writer is not None:
+            writer.close()
+    return answer
+
+
 # -- the agent ---------------------------------------------------------------------------------
 
 
 class Agent:
-    """The agent of one environment directory."""
+    """The agent of one environment directory; its proxies listen on ``listen_host``."""
 
-    def __init__(self, env_dir: Path, env: str) -> None:
+    def __init__(self, env_dir: Path, env: str, *, listen_host: str = HOST) -> None:
         self.env_dir = env_dir
         self.env = env
+        self.listen_host = listen_host
         self.token = secrets.token_urlsafe(32)
         self.instances: dict[str, Instance] = {}
         self.proxies: dict[str, ServiceProxy] = {}
+        #: service → the instance that served it before the last switch
+        self.previous: dict[str, str] = {}
         self.logs: dict[str, LogSink] = {}
         self._endpoint_lock = asyncio.Lock()
         self._exit = asyncio.Event()
@@ -303,6 +410,7 @@ class Agent:
             "switch": self.op_switch,
             "stop": self.op_stop,
             "status": self.op_status,
+            "get": self.op_get,
             "shutdown": self.op_shutdown,
         }
 
@@ -469,7 +577,7 @@ class Agent:
             return current.port
         remembered = self._load_ports().get(service)
         port = wanted if wanted is not None else remembered
-        proxy = ServiceProxy(service)
+        proxy = _HostProxy(service, self.listen_host)
         if port is not None:
             try:
                 await proxy.listen(port)
@@ -478,7 +586,8 @@ class Agent:
                     reason = os.strerror(exc.errno) if exc.errno else str(exc)
                     raise AgentError(
                         "bind_failed",
-                        f"cannot listen on 127.0.0.1:{port} for service {service!r}: {reason}",
+                        f"cannot listen on {self.listen_host}:{port} for service {service!r}: "
+                        f"{reason}",
                         port=port,
                         service=service,
                     ) from None
@@ -569,12 +678,38 @@ class Agent:
             raise AgentError(
                 "no_endpoint", f"service {service!r} has no stable port yet (call endpoint first)"
             )
+        if "ready_path" in request and proxy.backend != inst.port:
+            await self._check_ready(inst, request.get("ready_path"))
         previous = proxy.backend
         proxy.switch(inst.port)
         if previous is not None and previous != inst.port:
             proxy.forget_backend(previous)
+            before = self._serving_at(service, previous)
+            if before is not None:
+                self.previous[service] = before.spec.instance_id
         log.info("service %r now served by instance %s", service, inst.spec.instance_id)
         return {"service": service, "instance_id": inst.spec.instance_id, "port": inst.port}
+
+    async def _check_ready(self, inst: Instance, path: Any) -> None:
+        """Refuse to switch to an instance that is not running, or not ready at ``path``."""
+        what = f"instance {inst.spec.instance_id} of service {inst.spec.service!r}"
+        if not inst.running:
+            code = f" (last exit code {inst.last_exit_code})" if inst.exits else ""
+            raise AgentError("not_running", f"{what} is not running{code}")
+        if not isinstance(path, str) or not path:
+            return
+        path = path if path.startswith("/") else "/" + path
+        answer = await http_get(inst.port, path, SWITCH_READY_TIMEOUT, 4096)
+        status = answer["status"]
+        if status is None or not 200 <= status < 300:
+            outcome = answer["error"] if status is None else str(status)
+            raise AgentError("not_ready", f"{what} is not ready: GET {path} → {outcome}")
+
+    def _serving_at(self, service: str, port: int) -> Instance | None:
+        for inst in self.instances.values():
+            if inst.spec.service == service and inst.port == port:
+                return inst
+        return None
 
     async def op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
         instance_id = _required_str(request, "instance_id")
@@ -583,15 +718,24 @@ class Agent:
             return {"instance_id": instance_id, "stopped": False}
         drain = request.get("drain_seconds")
         drain_seconds = float(drain) if isinstance(drain, int | float) else DEFAULT_DRAIN_SECONDS
-        proxy = self.proxies.get(inst.spec.service)
+        service = inst.spec.service
+        proxy = self.proxies.get(service)
+        fell_back_to: str | None = None
         if proxy is not None and proxy.backend == inst.port:
             if not request.get("force"):
                 raise AgentError(
                     "instance_serving",
-                    f"instance {instance_id} serves service {inst.spec.service!r}; switch the "
+                    f"instance {instance_id} serves service {service!r}; switch the "
                     "service to another instance first (or stop with force)",
                 )
-            proxy.switch(None)
+            fallback = self._fallback(inst) if request.get("fallback") else None
+            proxy.switch(fallback.port if fallback is not None else None)
+            if fallback is not None:
+                fell_back_to = fallback.spec.instance_id
+                self.previous.pop(service, None)
+                log.info("service %r handed back to instance %s", service, fell_back_to)
+        if self.previous.get(service) == instance_id:
+            del self.previous[service]
         if proxy is not None:
             drained = await proxy.drain(inst.port, max(drain_seconds, 0.0))
             if not drained:
@@ -605,13 +749,51 @@ class Agent:
         await self._terminate(inst)
         self.instances.pop(instance_id, None)
         self._save_instances()
-        return {"instance_id": instance_id, "stopped": True, "exit_code": inst.last_exit_code}
+        return {
+            "instance_id": instance_id,
+            "stopped": True,
+            "exit_code": inst.last_exit_code,
+            "fell_back_to": fell_back_to,
+        }
+
+    def _fallback(self, inst: Instance) -> Instance | None:
+        """The running instance that served ``inst``'s service before it, if any."""
+        before = self.instances.get(self.previous.get(inst.spec.service, ""))
+        if before is None or before is inst or not before.running:
+            return None
+        return before
 
     async def op_status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {
             "instances": [asdict(self._status_of(inst)) for inst in self.instances.values()],
             "services": {name: proxy.port for name, proxy in self.proxies.items()},
+            "previous": {
+                service: instance_id
+                for service, instance_id in self.previous.items()
+                if instance_id in self.instances
+            },
         }
+
+    async def op_get(self, request: dict[str, Any]) -> dict[str, Any]:
+        """GET a path on an instance's own port, from here: what probes and scrapes of an
+        instance on another machine need. Unknown instances answer ``{"found": false}``."""
+        instance_id = _required_str(request, "instance_id")
+        path = _required_str(request, "path")
+        path = path if path.startswith("/") else "/" + path
+        if any(c.isspace() or ord(c) < 32 for c in path):
+            raise AgentError("bad_request", "'path' must not contain spaces or control characters")
+        timeout, limit = request.get("timeout"), request.get("limit")
+        timeout = min(float(timeout), MAX_GET_TIMEOUT) if isinstance(timeout, int | float) else 1.0
+        limit = min(int(limit), MAX_GET_BYTES) if isinstance(limit, int) else 1024 * 1024
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            return {"found": False, "instance_id": instance_id}
+        status = asdict(self._status_of(inst))
+        if not inst.running:
+            answer = {"status": None, "body": "", "truncated": False, "error": "not running"}
+        else:
+            answer = await http_get(inst.port, path, max(timeout, 0.05), max(limit, 0))
+        return {"found": True, "instance": status, **answer}
 
     async def op_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
         await self._begin_shutdown()
@@ -882,13 +1064,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--env-dir", required=True, type=Path, help="the environment's directory")
     parser.add_argument("--env", required=True, help="the environment's name")
+    parser.add_argument(
+        "--listen-host",
+        default=HOST,
+        help=f"address the services' stable ports listen on (default {HOST})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s [agent %(process)d] %(message)s",
         stream=sys.stderr,
     )
-    agent = Agent(args.env_dir.resolve(), args.env)
+    agent = Agent(args.env_dir.resolve(), args.env, listen_host=args.listen_host)
     return asyncio.run(agent.run())
 
 
