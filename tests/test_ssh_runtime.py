@@ -392,6 +392,10 @@ def test_a_release_already_on_a_host_copies_nothing_and_the_agent_outlives_the_c
 
     run(next_command())
     assert {host.name: setup.agent_pid(host) for host in setup.hosts} == agents
+    # one runtime object across event loops, as the library's status command uses it
+    runtime = setup.runtime()
+    assert len(run(runtime.status())) == 6
+    assert set(run(runtime.endpoints())) == {"api"}
 
 
 def test_secret_values_reach_the_instance_in_memory_and_never_a_hosts_disk(
@@ -538,6 +542,32 @@ def test_a_full_disk_on_one_host_stops_the_start_on_every_host(
         assert "alk-h1 (" not in message
         # it started nowhere: where it did, it was stopped again
         assert not by_host(await runtime.status(), spec.instance_id)
+
+    run(scenario())
+
+
+def test_a_disk_that_fills_up_while_copying_is_named(
+    fleet_project: Callable[..., FleetProject],
+) -> None:
+    setup = fleet_project(2)
+    h2 = setup.hosts[1]
+    h2.run(f"mkdir -p {setup.base} && mount -t tmpfs -o size=64m alk-full {setup.base}")
+
+    async def scenario() -> None:
+        runtime = setup.runtime()
+        await runtime.endpoint("api", None)  # the agent is installed and runs
+        # plenty of bytes left, but one inode: the copy fails half way (a real ENOSPC)
+        total, free = h2.run(["stat", "-f", "-c", "%c %d", setup.base]).stdout.split()
+        h2.run(f"mount -o remount,nr_inodes={int(total) - int(free) + 1} {setup.base}")
+        spec = setup.spec("api", "v1")
+        with pytest.raises(RuntimeFailure) as failed:
+            await runtime.start(spec)
+        message = str(failed.value)
+        assert "host alk-h2 (10.213.0.12): the disk filled up while copying the sealed" in message
+        assert "no free inodes" in message and "alk-h1 (" not in message
+        assert not by_host(await runtime.status(), spec.instance_id)
+        leftovers = h2.run(["find", f"{setup.base}/objects", "-name", ".incoming-*"]).stdout
+        assert leftovers == ""
 
     run(scenario())
 

@@ -178,7 +178,7 @@ def agent_payload() -> Payload:
 # arguments as JSON at the end, its answer one line "AIRLOCK-JSON {...}" on standard output. Its
 # syntax stays plain so that an old Python can still say which version it is.
 _HOST_TOOL = r"""
-import errno, hashlib, json, os, shutil, signal, subprocess, sys, time
+import errno, hashlib, json, os, pathlib, shutil, signal, subprocess, sys, time
 
 MARK = "AIRLOCK-JSON "
 AGENT_MODULE = "airlock.runtimes.agent"
@@ -190,7 +190,8 @@ def reply(data):
     sys.stdout.flush()
 
 
-def free_bytes(path):
+def free_room(path):
+    # (free bytes, free inodes) of the file system that holds (or would hold) path
     while not os.path.isdir(path):
         parent = os.path.dirname(path)
         if parent == path:
@@ -199,8 +200,12 @@ def free_bytes(path):
     try:
         st = os.statvfs(path)
     except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
+        return None, None
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else None)
+
+
+def free_bytes(path):
+    return free_room(path)[0]
 
 
 def sha256(path):
@@ -478,7 +483,7 @@ def cmd_reap(a):
     if payloads and os.path.isfile(os.path.join(env_dir, "instances.json")):
         sys.path.insert(0, payloads[0])
         from airlock.runtimes.agent import kill_recorded_instances
-        killed = kill_recorded_instances(__import__("pathlib").Path(env_dir))
+        killed = kill_recorded_instances(pathlib.Path(env_dir))
     info = read_json(os.path.join(env_dir, "agent.json"))
     if isinstance(info, dict) and isinstance(info.get("pid"), int) and not is_agent(info["pid"]):
         try:
@@ -490,10 +495,11 @@ def cmd_reap(a):
 
 def cmd_cleanup(a):
     base = os.path.abspath(os.path.expanduser(a["base"]))
+    before, inodes = free_room(base)
     for path in a["paths"]:
         if inside(base, path):
             shutil.rmtree(path, ignore_errors=True)
-    return {"free": free_bytes(base)}
+    return {"free_before": before, "inodes_before": inodes, "free": free_bytes(base)}
 
 
 def main(arguments):
@@ -1202,17 +1208,23 @@ class SshRuntime:
                 await asyncio.gather(*(put(sftp, local, remote) for local, remote in files))
         except (asyncssh.SFTPError, OSError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            # sftp-server says "Failure" for a full disk: look at the disk before cleaning up
+            room: dict[str, Any] = {}
             with contextlib.suppress(Exception):
-                left = await self._tool(
+                room = await self._tool(
                     host, {"command": "cleanup", "base": base, "paths": [folder]}
                 )
-                free = left.get("free")
-            if isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem) or (
-                isinstance(free, int) and free < size + DISK_MARGIN
+            left, inodes = room.get("free_before"), room.get("inodes_before")
+            no_inodes = isinstance(inodes, int) and inodes < 2
+            if (
+                isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem)
+                or no_inodes
+                or (isinstance(left, int) and left < DISK_MARGIN)
             ):
+                shown = "no free inodes" if no_inodes else f"{_size(left or 0)} free"
                 raise _HostFailure(
                     f"the disk filled up while copying the {what} ({_size(size)}) into {base} "
-                    f"({_size(free) if isinstance(free, int) else 'unknown'} free now)",
+                    f"({shown}); the partial copy was removed",
                     hint=f"free space on {host.name} (or set runtime.base_dir to a larger disk)",
                 ) from None
             if isinstance(exc, asyncssh.SFTPError) or not _connection_error(exc):
@@ -1425,7 +1437,7 @@ class SshRuntime:
     ) -> dict[str, Any]:
         """Run one command of the host tool with the host's python3; its JSON answer."""
         conn = await self._connect(host)
-        program = f"{_HOST_TOOL}\nmain({json.dumps(json.dumps(arguments))})\n"
+        program = f"{_HOST_TOOL}\nmain({json.dumps(arguments)!r})\n"
         python = self.settings.python
         command = f"{shlex.quote(python)} -I -"
         try:
