@@ -608,7 +608,7 @@ class Agent:
         ports = self._load_ports()
         ports[service] = proxy.port
         write_private_json(self.env_dir / PORTS_FILE, ports)
-        log.info("service %r has stable port %d", service, proxy.port)
+        log.info("service %r has stable port %s:%d", service, self.listen_host, proxy.port)
         return proxy.port
 
     def _port_in_use(self, service: str, port: int) -> AgentError:

@@ -562,7 +562,8 @@ class _Host:
     user: str
     key: str | None
     conn: asyncssh.SSHClientConnection | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # opening the connection
+    preparing: asyncio.Lock = field(default_factory=asyncio.Lock)  # installing, starting
     #: the expanded BASE, the agent's folder, from the host's last hello
     base: str | None = None
     env_dir: str | None = None
@@ -579,6 +580,7 @@ class _Host:
         """Forget the connection (it broke, or belonged to an event loop that ended)."""
         self.conn = None
         self.lock = asyncio.Lock()
+        self.preparing = asyncio.Lock()
 
 
 @dataclass(frozen=True)
@@ -671,32 +673,34 @@ class SshRuntime:
         hosts = self._placement(service)
         await self._each(hosts, self._prepare, f"cannot prepare the hosts of {service!r}")
         first, rest = hosts[0], hosts[1:]
-        try:
-            reply = await self._request(
-                first, {"op": "endpoint", "service": service, "port": port}, 15.0, start=True
-            )
-        except _HostFailure as exc:
-            raise self._combine(f"cannot bind the port of {service!r}", {first.name: exc}) from None
-        bound = int(reply["port"])
-        request = {"op": "endpoint", "service": service, "port": bound}
-        outcomes = await self._gather(
-            rest, lambda host: self._request(host, request, 15.0, start=True)
-        )
+
+        async def bind(host: _Host, wanted: int | None) -> int:
+            request = {"op": "endpoint", "service": service, "port": wanted}
+            return int((await self._request(host, request, 15.0, start=True))["port"])
+
+        outcome = (await self._gather([first], functools.partial(bind, wanted=port)))[first.name]
+        if isinstance(outcome, BaseException):
+            raise self._bind_error(service, port, {first.name: outcome})
+        outcomes = await self._gather(rest, functools.partial(bind, wanted=outcome))
         failures = {name: exc for name, exc in outcomes.items() if isinstance(exc, BaseException)}
         if failures:
-            taken = [n for n, e in failures.items() if getattr(e, "code", None) == "port_in_use"]
-            error = self._combine(
-                f"cannot bind port {bound} of {service!r} on every host", failures
-            )
-            if taken and len(taken) == len(failures):
-                raise PortInUseError(
-                    error.message,
-                    hint=f"free port {bound} on {', '.join(taken)} or give {service!r} "
-                    "another port in airlock.yaml (the same port is bound on all its hosts)",
-                )
-            raise error
-        self._ports[service] = bound
-        return Endpoint(self._public_address(first), bound)
+            raise self._bind_error(service, outcome, failures)
+        self._ports[service] = outcome
+        return Endpoint(self._public_address(first), outcome)
+
+    def _bind_error(
+        self, service: str, port: int | None, failures: dict[str, BaseException]
+    ) -> AirlockError:
+        what = f"port {port}" if port is not None else "a port"
+        error = self._combine(f"cannot bind {what} of {service!r} on every host", failures)
+        taken = [n for n, e in failures.items() if getattr(e, "code", None) == "port_in_use"]
+        if not taken or len(taken) < len(failures):
+            return error
+        return PortInUseError(
+            error.message,
+            hint=f"free port {port} on {', '.join(taken)} or give {service!r} another port in "
+            "airlock.yaml (the service has the same port on all its hosts)",
+        )
 
     async def endpoints(self) -> dict[str, Endpoint]:
         """The stable endpoint of every service bound now (on the first host that runs it);
@@ -829,8 +833,8 @@ class SshRuntime:
                 (reverting if back else pending).append(host)
         if missing:
             raise RuntimeFailure(
-                f"cannot switch {service!r} to instance {instance_id}: it does not run on "
-                + ", ".join(missing),
+                f"ssh runtime, environment {self.env!r}: cannot switch {service!r} to instance "
+                f"{instance_id}: it does not run on {', '.join(missing)}",
                 hint="start it on every host of the service first",
             )
         self._services[instance_id] = service
@@ -855,17 +859,8 @@ class SshRuntime:
             switched += [h for h in batch if not isinstance(outcomes[h.name], BaseException)]
             failures = {n: e for n, e in outcomes.items() if isinstance(e, BaseException)}
             if failures:
-                undone = await self._switch_back(service, switched, serving)
                 error = self._combine(f"cannot switch {service!r} to {instance_id}", failures)
-                note = (
-                    f"; {', '.join(h.name for h in switched)} went back to the previous instance"
-                    if switched and not undone
-                    else ""
-                )
-                if undone:
-                    note = "; could not switch back " + "; ".join(
-                        f"{n}: {_message(e)}" for n, e in undone.items()
-                    )
+                note = await self._switch_back(service, switched, serving)
                 raise type(error)(error.message + note, hint=error.hint)
 
     async def stop(
@@ -885,7 +880,8 @@ class SshRuntime:
         ]
         if serving and not force:
             raise RuntimeFailure(
-                f"instance {instance_id} serves traffic on {', '.join(serving)}; not stopped",
+                f"ssh runtime, environment {self.env!r}: instance {instance_id} serves traffic "
+                f"on {', '.join(serving)}; not stopped",
                 hint=_AGENT_HINTS["instance_serving"],
             )
         request = {
@@ -1110,6 +1106,13 @@ class SshRuntime:
             )
         if not re.fullmatch(r"[A-Za-z0-9._-]+", release_id) or release_id.startswith("."):
             raise UsageError(f"unusable release id {release_id!r} in {manifest}")
+        lost = [relative for relative in files if not (folder / relative).is_file()]
+        if lost:
+            raise UsageError(
+                f"release {release_id} lacks {len(lost)} of its sealed files on this machine "
+                f"(e.g. {lost[0]})",
+                hint="seal the release again with `airlock release build`",
+            )
         release = _Release(release_id, folder, files)
         self._releases[cwd] = release
         return release
@@ -1338,7 +1341,9 @@ class SshRuntime:
                 setup=True,
             ) from None
         except (OSError, asyncssh.Error) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            reason = getattr(exc, "reason", None) or str(exc)
+            if isinstance(exc, OSError) and exc.errno:
+                reason = os.strerror(exc.errno)
             raise _HostFailure(
                 f"cannot connect to {where}: {reason}",
                 hint="check that the host is up, its sshd listens, and the address and port "
@@ -1374,18 +1379,29 @@ class SshRuntime:
             return await work()
         except _HostFailure:
             raise
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
-            conn, host.conn = host.conn, None
-            if conn is not None:
-                conn.close()
-            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-            if isinstance(exc, TimeoutError) or not reason:
-                reason = type(exc).__name__ if not isinstance(exc, TimeoutError) else "timed out"
-            raise _HostFailure(
-                f"the SSH connection to {host.address} failed ({reason})",
-                hint="check the host and the network; the agent there keeps running, and the "
-                "next command reconnects",
+        except OSError as exc:
+            if exc.filename is None or isinstance(exc, ConnectionError):
+                raise self._broken(host, exc) from None
+            raise _HostFailure(  # a file on this machine
+                f"{exc.strerror or type(exc).__name__}: {exc.filename} (on this machine)"
             ) from None
+        except (asyncssh.Error, TimeoutError) as exc:
+            raise self._broken(host, exc) from None
+
+    def _broken(self, host: _Host, exc: BaseException) -> _HostFailure:
+        """The failure for a connection that broke; it is dropped (the next call reconnects)."""
+        conn, host.conn = host.conn, None
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, TimeoutError):
+            reason = "timed out"
+        else:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        return _HostFailure(
+            f"the SSH connection to {host.address} failed ({reason or type(exc).__name__})",
+            hint="check the host and the network; the agent there keeps running, and the next "
+            "command reconnects",
+        )
 
     async def _gather(
         self, hosts: Sequence[_Host], work: Callable[[_Host], Awaitable[T]]
@@ -1544,6 +1560,13 @@ class SshRuntime:
         """Connect, install the agent's code when missing, start the agent when not running."""
         if host.info is not None and host.conn is not None and not host.conn.is_closed():
             return
+        await self._connect(host)  # binds the locks to this event loop
+        async with host.preparing:
+            if host.info is not None and host.conn is not None and not host.conn.is_closed():
+                return
+            await self._prepare_now(host)
+
+    async def _prepare_now(self, host: _Host) -> None:
         answer = await self._hello(host, start=True)
         if not answer.get("payload"):
             await self._install_payload(host, answer.get("free"))
@@ -1691,18 +1714,26 @@ class SshRuntime:
 
     async def _switch_back(
         self, service: str, hosts: Sequence[_Host], before: dict[str, str | None]
-    ) -> dict[str, BaseException]:
-        """Hand ``hosts`` back to the instance each served before; the failures."""
+    ) -> str:
+        """Hand ``hosts`` back to the instance each served before; what happened, as the end
+        of an error message."""
+        back = [h for h in hosts if before.get(h.name) is not None]
+        kept = [h.name for h in hosts if before.get(h.name) is None]
 
-        async def back(host: _Host) -> None:
-            previous = before.get(host.name)
-            if previous is None:
-                return
-            request = {"op": "switch", "service": service, "instance_id": previous}
+        async def switch_back(host: _Host) -> None:
+            request = {"op": "switch", "service": service, "instance_id": before[host.name]}
             await self._request(host, request, 15.0)
 
-        outcomes = await self._gather(hosts, back)
-        return {n: e for n, e in outcomes.items() if isinstance(e, BaseException)}
+        outcomes = await self._gather(back, switch_back)
+        failed = {n: e for n, e in outcomes.items() if isinstance(e, BaseException)}
+        went = [h.name for h in back if h.name not in failed]
+        notes = []
+        if went:
+            notes.append(f"{', '.join(went)} went back to the previous instance")
+        if kept:
+            notes.append(f"{', '.join(kept)} kept the new one (nothing served there before)")
+        notes += [f"{n} could not switch back: {_message(e)}" for n, e in failed.items()]
+        return "".join(f"; {note}" for note in notes)
 
     async def _download_logs(self, host: _Host, folder: Path) -> list[Path]:
         """Bring the host's service logs up to date in ``folder``; the local files."""
