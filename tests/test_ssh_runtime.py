@@ -14,7 +14,7 @@ import json
 import secrets
 import textwrap
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,14 +87,11 @@ class FleetProject:
     env: str
     base: str
     settings: dict[str, Any]
-    created: list[SshRuntime] = field(default_factory=list)
 
     def runtime(self, **overrides: Any) -> SshRuntime:
         """A new runtime object (what a new CLI command makes), settings overridden."""
         settings = SshRuntimeModel.model_validate({**self.settings, **overrides})
-        runtime = open_runtime(self.project, self.env, settings, root=self.root)
-        self.created.append(runtime)
-        return runtime
+        return open_runtime(self.project, self.env, settings, root=self.root)
 
     def spec(self, service: str, version: str, **env: str) -> InstanceSpec:
         secret_keys = ("SECRET",) if "SECRET" in env else ()
@@ -172,6 +169,7 @@ def fleet_project(fleet: Fleet, tmp_path: Path) -> Iterator[Callable[..., FleetP
     try:
         yield make
     finally:
+        problems: list[str] = []
         for setup in made:
             for host in setup.hosts:
                 host.heal()
@@ -179,11 +177,11 @@ def fleet_project(fleet: Fleet, tmp_path: Path) -> Iterator[Callable[..., FleetP
             runtime = open_runtime(setup.project, setup.env, clean, root=setup.root)
             try:
                 run(runtime.shutdown())
-            finally:
-                for host in setup.hosts:
-                    host.run(
-                        f"umount -l {setup.base} 2>/dev/null; rm -rf {setup.base}*", check=False
-                    )
+            except Exception as error:  # go on: the other projects must be cleaned too
+                problems.append(str(error))
+            for host in setup.hosts:
+                host.run(f"umount -l {setup.base} 2>/dev/null; rm -rf {setup.base}*", check=False)
+        assert not problems, problems
 
 
 async def wait_ready(runtime: SshRuntime, instance_id: str, path: str = "/readyz") -> None:

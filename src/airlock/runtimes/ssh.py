@@ -85,6 +85,7 @@ from airlock.runtimes.control import (
 
 if TYPE_CHECKING:
     from airlock.model import Project, SshHostModel, SshRuntimeModel
+    from airlock.runtimes import Runtime
 
 __all__ = ["Payload", "SshRuntime", "SshSetupError", "agent_payload", "open_runtime"]
 
@@ -1829,3 +1830,9 @@ def _concatenate(parts: Sequence[Path], target: Path) -> None:
             if data and not data.endswith(b"\n"):
                 out.write(b"\n")
     os.replace(temporary, target)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_runtime(runtime: SshRuntime) -> Runtime:
+        return runtime  # mypy checks that SshRuntime implements the Runtime protocol
