@@ -534,6 +534,8 @@ class _HostFailure(Exception):
         self.setup = setup
         self.code = code
         self.data = data or {}
+        #: the request reached the host's agent, which may have carried it out
+        self.sent = False
 
 
 class _AgentGone(_HostFailure):
@@ -862,6 +864,12 @@ class SshRuntime:
             if failures:
                 error = self._combine(f"cannot switch {service!r} to {instance_id}", failures)
                 note = await self._switch_back(service, switched, serving)
+                unsure = [n for n, e in failures.items() if getattr(e, "sent", False)]
+                if unsure:
+                    note += (
+                        f"; {', '.join(unsure)} may have switched before the connection broke "
+                        "(switch the service back once the host answers again)"
+                    )
                 raise type(error)(error.message + note, hint=error.hint)
 
     async def stop(
@@ -1645,13 +1653,19 @@ class SshRuntime:
     ) -> dict[str, Any]:
         """Send one request through a direct-tcpip channel to the agent's loopback port."""
         conn = await self._connect(host)
+        sent = False
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await conn.open_connection("127.0.0.1", info.port)
+                sent = True
                 try:
                     return await exchange(reader, writer, info.token, request)
                 finally:
                     writer.close()
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+            failure = self._broken(host, exc)
+            failure.sent = sent
+            raise failure from None
         except asyncssh.ChannelOpenError as exc:
             if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                 raise _HostFailure(
@@ -1668,11 +1682,13 @@ class SshRuntime:
         except TimeoutError:
             conn.close()
             host.conn = None
-            raise _HostFailure(
+            failure = _HostFailure(
                 f"the agent (pid {info.pid}) did not answer {request['op']!r} within "
                 f"{timeout:g} s (the host or the connection may be down)",
                 hint="check the host; the next command reconnects",
-            ) from None
+            )
+            failure.sent = sent
+            raise failure from None
 
     async def _agent_gone(self, host: _Host, info: AgentInfo) -> _AgentGone:
         """The error for an agent that no longer listens: what its log says last."""
