@@ -434,6 +434,35 @@ def test_secret_values_reach_the_instance_in_memory_and_never_a_hosts_disk(
         assert host.run(["python3", "-c", show_cmdlines], input=secret).stdout == ""
 
 
+def test_hosts_verify_the_sealed_files_before_anything_starts(
+    fleet_project: Callable[..., FleetProject],
+) -> None:
+    setup = fleet_project(2)
+    sealed = setup.files_dir / "app" / "svc.py"
+    sealed.chmod(0o644)
+    sealed.write_text(SERVICE.replace("VERSION =", "VERSION = 'tampered' or"))
+
+    async def scenario() -> None:
+        runtime = setup.runtime()
+        await runtime.endpoint("api", None)
+        spec = setup.spec("api", "v1")
+        with pytest.raises(RuntimeFailure) as failed:
+            await runtime.start(spec)
+        message = str(failed.value)
+        assert "on 2 hosts" in message
+        for host in setup.hosts:
+            assert (
+                f"host {host.name} ({host.address}): release {setup.files_dir.parent.name} was "
+                "not started there: the host found files that do not match their sealed "
+                "sha256: app/svc.py"
+            ) in message
+        assert not by_host(await runtime.status(), spec.instance_id)
+
+    run(scenario())
+    for host in setup.hosts:  # nothing of the release was linked, the bad copy was removed
+        assert host.run(["ls", f"{setup.base}/releases"], check=False).stdout.strip() == ""
+
+
 # -- faults name the host ----------------------------------------------------------------------
 
 

@@ -32,6 +32,14 @@ What crosses the network
     host's loopback; no control port is opened to the network. Probes and scrapes run on the
     host: the agent GETs the instance's own port and answers with the status and body.
 
+Releases
+    An instance's ``cwd`` is a sealed release's ``files`` folder here; its ``manifest.json`` maps
+    each file to its sha256. A host is sent only the objects it lacks; it checks the hash of
+    every object of the release before anything starts, then links the release's folder (a
+    temporary folder, renamed). The spec is mapped for each host: ``cwd`` to that folder,
+    ``python``/``python3`` to ``runtime.python``, ``${env.data}`` to the host's own data folder,
+    and the URL of a dependency that also runs on the host to the host's own proxy.
+
 How secrets travel
     An instance's environment (secret values included) is sent only inside the SSH connection,
     in the ``start`` request to the agent, which keeps it in memory and hands it to the process
