@@ -635,7 +635,7 @@ def test_an_agent_killed_on_one_host_is_named_and_replaced_by_the_next_start(
     assert setup.agent_pid(h2) != killed
 
 
-def test_a_connection_dropped_mid_rollout_leaves_every_host_on_one_version(
+def test_a_host_lost_mid_rollout_leaves_every_host_on_one_version_and_rollback_goes_on(
     fleet_project: Callable[..., FleetProject],
 ) -> None:
     setup = fleet_project(3, batch=1)
@@ -663,6 +663,7 @@ def test_a_connection_dropped_mid_rollout_leaves_every_host_on_one_version(
         runtime._request = dropping  # type: ignore[method-assign]
         with pytest.raises(RuntimeFailure) as failed:
             await runtime.switch("api", v2.instance_id)
+        runtime._request = request  # type: ignore[method-assign]
         message = str(failed.value)
         assert "host alk-h2 (10.213.0.12)" in message
         assert "alk-h1 went back to the previous instance" in message
@@ -671,6 +672,37 @@ def test_a_connection_dropped_mid_rollout_leaves_every_host_on_one_version(
             "alk-h2": "v1 alk-h2",
             "alk-h3": "v1 alk-h3",
         }
+        # while alk-h2 is away, no switch forward starts at all
+        with pytest.raises(RuntimeFailure, match=r"alk-h2 .*; no host was switched"):
+            await runtime.switch("api", v2.instance_id)
+
+        # back on v2 everywhere; then alk-h2 goes away again and the release is rolled back:
+        # the hosts that answer switch back and stop v2, the error names the one that did not
+        h2.start_sshd()
+        await runtime.switch("api", v2.instance_id)
+        h2.kill_sshd()
+        with pytest.raises(RuntimeFailure) as failed:
+            await runtime.switch("api", v1.instance_id)
+        assert "host alk-h2 (10.213.0.12)" in str(failed.value)
+        assert failed.value.message.endswith("; alk-h1, alk-h3 now serve it")
+        with pytest.raises(RuntimeFailure) as failed:
+            await runtime.stop(v2.instance_id, force=True)
+        assert "host alk-h2 (10.213.0.12)" in str(failed.value)
+        assert failed.value.message.endswith("; stopped on alk-h1, alk-h3")
+        assert await answers([h1, h2, h3], port) == {
+            "alk-h1": "v1 alk-h1",
+            "alk-h2": "v2 alk-h2",  # unreachable over SSH, its agent still serves
+            "alk-h3": "v1 alk-h3",
+        }
+        h2.start_sshd()
+        await runtime.switch("api", v1.instance_id)
+        await runtime.stop(v2.instance_id, force=True)
+        assert set(by_host(await runtime.status(), v1.instance_id)) == {
+            "alk-h1",
+            "alk-h2",
+            "alk-h3",
+        }
+        assert not by_host(await runtime.status(), v2.instance_id)
 
     run(scenario())
 

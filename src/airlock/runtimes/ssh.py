@@ -822,15 +822,23 @@ class SshRuntime:
         at once; the others in batches of ``runtime.rollout.batch``, each host only once the
         instance answers its readiness path there. When a batch fails, the hosts this call
         switched go back to what they served before, and one error names the failing hosts.
+
+        A host that cannot be asked (unreachable, its agent gone, the instance missing there)
+        stops a switch forward before any host moves; a switch back (``instance_id`` served
+        before on every host that answers) still switches the hosts that answer, then the
+        error names the others.
         """
         hosts = self._placement(service)
-        replies = await self._each(hosts, self._status_reply, f"cannot switch {service!r}")
+        outcomes = await self._gather(hosts, self._status_reply)
+        failures = {n: e for n, e in outcomes.items() if isinstance(e, BaseException)}
         serving: dict[str, str | None] = {}
         pending: list[_Host] = []
         reverting: list[_Host] = []
-        missing: list[str] = []
         for host in hosts:
-            reply = replies[host.name] or {}
+            outcome = outcomes[host.name]
+            if isinstance(outcome, BaseException):
+                continue
+            reply = outcome or {}
             instances = {i["instance_id"]: i for i in reply.get("instances", [])}
             current = next(
                 (i for i, s in instances.items() if s["service"] == service and s["serving"]),
@@ -838,17 +846,34 @@ class SshRuntime:
             )
             serving[host.name] = current
             if instance_id not in instances:
-                missing.append(host.name)
+                failures[host.name] = _HostFailure(
+                    f"instance {instance_id} does not run there",
+                    hint="start it on every host of the service first",
+                )
             elif current != instance_id:
                 back = reply.get("previous", {}).get(service) == instance_id
                 (reverting if back else pending).append(host)
-        if missing:
-            raise RuntimeFailure(
-                f"ssh runtime, environment {self.env!r}: cannot switch {service!r} to instance "
-                f"{instance_id}: it does not run on {', '.join(missing)}",
-                hint="start it on every host of the service first",
-            )
         self._services[instance_id] = service
+        what = f"cannot switch {service!r} to {instance_id}"
+        if failures and pending:
+            error = self._combine(what, failures)
+            raise type(error)(error.message + "; no host was switched", hint=error.hint)
+        if failures:  # a switch back: every host that answers goes back now
+            back_outcomes = await self._gather(
+                reverting,
+                lambda host: self._request(
+                    host,
+                    {"op": "switch", "service": service, "instance_id": instance_id},
+                    15.0,
+                ),
+            )
+            failures.update(
+                {n: e for n, e in back_outcomes.items() if isinstance(e, BaseException)}
+            )
+            done = [h for h in hosts if h.name not in failures]
+            error = self._combine(what, failures)
+            note = f"; {', '.join(h.name for h in done)} now serve it" if done else ""
+            raise type(error)(error.message + note, hint=error.hint)
         ready = self._ready_path(service, instance_id)
         switched: list[_Host] = []
 
@@ -885,16 +910,21 @@ class SshRuntime:
     ) -> None:
         """Drain and stop the instance on every host. One that serves traffic is refused
         (before any host is touched) unless ``force``; then a host hands its traffic back to
-        the instance that served it before, when that one still runs."""
+        the instance that served it before, when that one still runs. A host that cannot be
+        reached does not keep the others from stopping it; the error names it afterwards."""
         hosts = await self._hosts_of_instance(instance_id)
-        replies = await self._each(hosts, self._status_reply, f"cannot stop {instance_id}")
-        running = [h for h in hosts if replies[h.name] is not None]
-        serving = [
-            h.name
-            for h in running
-            for item in (replies[h.name] or {}).get("instances", [])
-            if item["instance_id"] == instance_id and item["serving"]
-        ]
+        replies = await self._gather(hosts, self._status_reply)
+        failures = {n: e for n, e in replies.items() if isinstance(e, BaseException)}
+        running: list[_Host] = []
+        serving: list[str] = []
+        for host in hosts:
+            reply = replies[host.name]
+            if reply is None or isinstance(reply, BaseException):
+                continue
+            mine = [i for i in reply.get("instances", []) if i["instance_id"] == instance_id]
+            if mine:
+                running.append(host)
+                serving += [host.name for item in mine if item["serving"]]
         if serving and not force:
             raise RuntimeFailure(
                 f"ssh runtime, environment {self.env!r}: instance {instance_id} serves traffic "
@@ -909,11 +939,13 @@ class SshRuntime:
             "fallback": True,
         }
         timeout = drain_seconds + 3 * TERM_GRACE + CALL_SLACK
-        await self._each(
-            running,
-            lambda host: self._request(host, request, timeout),
-            f"cannot stop instance {instance_id}",
-        )
+        stopped = await self._gather(running, lambda host: self._request(host, request, timeout))
+        failures.update({n: e for n, e in stopped.items() if isinstance(e, BaseException)})
+        if failures:
+            done = [h.name for h in running if h.name not in failures]
+            error = self._combine(f"cannot stop instance {instance_id}", failures)
+            note = f"; stopped on {', '.join(done)}" if done else ""
+            raise type(error)(error.message + note, hint=error.hint)
 
     async def status(self) -> list[InstanceStatus]:
         """Every instance on every host (one entry per host), with ``where`` naming the host
@@ -1682,7 +1714,9 @@ class SshRuntime:
                     hint="allow it in the host's sshd_config: AllowTcpForwarding local",
                     setup=True,
                 ) from None
-            raise await self._agent_gone(host, info) from None
+            if conn.is_closed() or "connection closed" in str(exc.reason).lower():
+                raise self._broken(host, exc) from None
+            raise await self._agent_gone(host, info, str(exc.reason)) from None
         except NoAnswer as exc:
             raise _HostFailure(
                 f"the agent (pid {info.pid}) did not answer {request['op']!r}: {exc}"
@@ -1698,14 +1732,20 @@ class SshRuntime:
             failure.sent = sent
             raise failure from None
 
-    async def _agent_gone(self, host: _Host, info: AgentInfo) -> _AgentGone:
-        """The error for an agent that no longer listens: what its log says last."""
-        tail = ""
-        with contextlib.suppress(_HostFailure, asyncssh.Error, OSError):
+    async def _agent_gone(self, host: _Host, info: AgentInfo, reason: str) -> _HostFailure:
+        """Why the agent's port refused a channel: the agent is gone (and what its log says
+        last), or the host could not be asked."""
+        try:
             answer = await self._hello(host, start=False)
-            tail = str(answer.get("log_tail") or "")
+        except _HostFailure as exc:
+            return exc
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            return self._broken(host, exc)
+        if host.info is not None and host.info.pid == info.pid:
+            return _HostFailure(f"cannot reach the agent (pid {info.pid}) on its port: {reason}")
+        gone = self._gone(info.pid, str(answer.get("log_tail") or ""))
         host.info = None
-        return self._gone(info.pid, tail)
+        return gone
 
     def _gone(self, pid: int, tail: str) -> _AgentGone:
         text = f"; last lines of its log:\n{tail}" if tail else ""
