@@ -71,6 +71,7 @@ import platform
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -544,6 +545,8 @@ class _HostFailure(Exception):
         self.data = data or {}
         #: the request reached the host's agent, which may have carried it out
         self.sent = False
+        #: the host did not answer in time (so it is not asked again right away)
+        self.slow = False
 
 
 class _AgentGone(_HostFailure):
@@ -581,6 +584,8 @@ class _Host:
     info: AgentInfo | None = None
     #: an agent that agent.json names but that does not run (killed), and its log's last lines
     dead_agent: tuple[int, str] | None = None
+    #: when the host last failed to answer in time, and how
+    silent: tuple[float, _HostFailure] | None = None
     releases: dict[str, str] = field(default_factory=dict)  # release id → files folder there
 
     @property
@@ -1307,11 +1312,28 @@ class SshRuntime:
                     host.conn = None
 
     async def _connect(self, host: _Host) -> asyncssh.SSHClientConnection:
+        """The host's connection, opened when needed. A host that just failed to answer in
+        time is not waited for again within ``connect_timeout``: a rollback past a lost host
+        stays fast."""
         self._own_loop()
         async with host.lock:
             if host.conn is not None and not host.conn.is_closed():
                 return host.conn
-            host.conn = await self._open(host)
+            if host.silent is not None:
+                since = time.monotonic() - host.silent[0]
+                if since < self.settings.connect_timeout:
+                    earlier = host.silent[1]
+                    raise _HostFailure(
+                        f"{earlier.message} ({since:.0f} s ago; not waited for again yet)",
+                        hint=earlier.hint,
+                    )
+            try:
+                host.conn = await self._open(host)
+            except _HostFailure as exc:
+                if exc.slow:
+                    host.silent = (time.monotonic(), exc)
+                raise
+            host.silent = None
             return host.conn
 
     async def _open(self, host: _Host) -> asyncssh.SSHClientConnection:
@@ -1358,11 +1380,13 @@ class SshRuntime:
                 keepalive_count_max=KEEPALIVE_COUNT,
             )
         except TimeoutError:
-            raise _HostFailure(
+            failure = _HostFailure(
                 f"cannot connect to {where}: no answer within {self.settings.connect_timeout:g} s",
                 hint="check that the host is up and reachable from here "
                 "(runtime.connect_timeout sets the wait)",
-            ) from None
+            )
+            failure.slow = True
+            raise failure from None
         except asyncssh.HostKeyNotVerifiable:
             offered = checker[-1].offered if checker else None
             fingerprint = offered.get_fingerprint() if offered is not None else "unknown"
@@ -1480,7 +1504,8 @@ class SshRuntime:
         setup = all(isinstance(e, _HostFailure) and e.setup for e in failures.values())
         lines: list[str] = []
         hints: list[str] = []
-        for name, exc in failures.items():
+        order = list(self.hosts)
+        for name, exc in sorted(failures.items(), key=lambda item: order.index(item[0])):
             host = self.hosts[name]
             lines.append(f"host {name} ({host.address}): {_message(exc)}")
             hint = getattr(exc, "hint", None)
@@ -1730,6 +1755,8 @@ class SshRuntime:
                 hint="check the host; the next command reconnects",
             )
             failure.sent = sent
+            failure.slow = True
+            host.silent = (time.monotonic(), failure)
             raise failure from None
 
     async def _agent_gone(self, host: _Host, info: AgentInfo, reason: str) -> _HostFailure:
