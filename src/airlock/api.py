@@ -22,12 +22,12 @@ from airlock.bundle import (
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
-from airlock.errors import UsageError
+from airlock.errors import AirlockError, UsageError
 from airlock.gonogo import Report as GoNoGoReport
 from airlock.model import Project, load_project, require_env
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
-from airlock.runtimes import open_runtime
+from airlock.runtimes import Endpoint, InstanceStatus, open_runtime
 from airlock.state import Deployment, open_state
 
 PathLike = Path | str
@@ -186,8 +186,15 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         last = store.deployments(env, 1)
         current = store.current_release(env)
     runtime = open_runtime(loaded, env, root=root)
-    instances = {item.instance_id: item for item in asyncio.run(runtime.status())}
-    endpoints = asyncio.run(runtime.endpoints())
+    instances: dict[str, list[InstanceStatus]] = {}
+    endpoints: dict[str, Endpoint] = {}
+    problem = None
+    try:  # a host of a fleet may be away: say so rather than fail
+        for item in asyncio.run(runtime.status()):  # one per host it runs on
+            instances.setdefault(item.instance_id, []).append(item)
+        endpoints = asyncio.run(runtime.endpoints())
+    except AirlockError as exc:
+        problem = exc.message
     version = None
     if current is not None:
         try:
@@ -196,17 +203,18 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
             version = None
     services = []
     for name, row in deployed.items():
-        instance = instances.get(row.instance_id)
+        found = instances.get(row.instance_id, [])
         services.append(
             {
                 "service": name,
                 "release": row.release_id,
                 "url": endpoints[name].url if name in endpoints else None,
                 "instance": row.instance_id,
-                "running": bool(instance and instance.running),
-                "pid": instance.pid if instance else None,
-                "where": instance.where if instance else None,
-                "restarts": instance.exits if instance else 0,
+                "running": bool(found) and all(i.running for i in found),
+                "pid": found[0].pid if len(found) == 1 else None,
+                "where": ", ".join(i.where for i in found if i.where) or None,
+                "hosts": [i.host for i in found if i.host],
+                "restarts": sum(i.exits for i in found),
                 "since": row.updated_at,
             }
         )
@@ -215,6 +223,7 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         "release": current,
         "version": version,
         "runtime": runtime.name,
+        "problem": problem,
         "agent": bool(endpoints or instances),
         "services": services,
         "lock": lock,

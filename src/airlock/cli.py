@@ -430,20 +430,21 @@ def status(
     console.print(
         f"[bold]{env}[/]: {release}" + (f" ({data['version']})" if data["version"] else "")
     )
+    if data["problem"]:
+        console.print(f"  [yellow]warning:[/] {escape(data['problem'])}")
     if data["lock"]:
         lock = data["lock"]
         console.print(
             f"  locked by {lock['holder']} since {lock['since']} ({lock['deployment_id']})"
         )
     if data["services"]:
-        table = Table("service", "release", "instance", "running", "pid", "restarts")
+        table = Table("service", "url", "running", "where", "restarts")
         for s in data["services"]:
             table.add_row(
                 s["service"],
-                s["release"],
-                s["instance"],
+                s["url"] or "-",
                 "yes" if s["running"] else "[red]no[/]",
-                str(s["pid"] or "-"),
+                s["where"] or "-",
                 str(s["restarts"]),
             )
         console.print(table)

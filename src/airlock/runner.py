@@ -19,7 +19,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,6 +249,7 @@ class _Drive:
         self.last_probe: dict[str, str] = {}
         self.detected_at: float | None = None
         self.finished: Finish | None = None
+        self.incomplete: list[str] = []  # rollback steps a runtime could not carry out
         self._unhealthy: dict[str, int] = {}
         # Bake figures per (service, host): a service on three hosts is judged on each.
         self.memory: dict[Unit, list[MemorySample]] = {}
@@ -336,6 +337,8 @@ class _Drive:
         failed = self.engine.failed_service
         if failed and failed in self.last_probe and "not ready" in reason:
             reason += f" (last probe: {self._clip(self.last_probe[failed])})"
+        if self.incomplete:
+            reason += "; not everything could be rolled back: " + "; ".join(self.incomplete)
         return self.masker.mask(reason)
 
     async def _probe(self, instance: str, path: str) -> ProbeResult:
@@ -351,30 +354,50 @@ class _Drive:
         if isinstance(action, StartNew):
             return await self._start(action.service)
         if isinstance(action, SwitchTraffic):
-            await self.runtime.switch(action.service, self.instance_id(action.service))
+            try:
+                await self.runtime.switch(action.service, self.instance_id(action.service))
+            except AirlockError as exc:
+                # The runtime moved no traffic, or moved it back: the release fails here.
+                reason = f"{action.service}: traffic could not be switched: {exc.message}"
+                return [Failed(action.service, self.masker.mask(reason), now())]
             self._emit("switch", action.service, f"{action.service}: traffic → new version")
             return []
         if isinstance(action, RevertTraffic):
             old = self.deployed.get(action.service)
             if old is not None:
-                await self.runtime.switch(action.service, old.instance_id)
+                await self._undo(
+                    action.service, self.runtime.switch(action.service, old.instance_id)
+                )
             self._emit("revert", action.service, f"{action.service}: traffic → previous version")
             return []
         if isinstance(action, StopNew):
             # A new service with no previous version still has the traffic: stop it anyway.
-            await self._stop(self.instance_id(action.service), force=True)
+            await self._undo(
+                action.service, self._stop(self.instance_id(action.service), force=True)
+            )
             self._emit("stop-new", action.service, f"{action.service}: new version stopped")
             return [Stopped(action.service, now())]
         if isinstance(action, StopOld):
             old = self.deployed.get(action.service)
             if old is not None:
-                await self._stop(old.instance_id)
+                await self._undo(action.service, self._stop(old.instance_id))
             self._emit("stop-old", action.service, f"{action.service}: previous version stopped")
             return []
         if isinstance(action, Finish):
             self.finished = action
             return []
         raise StateError(f"the runner does not know the action {action!r}")
+
+    async def _undo(self, service: str, step: Awaitable[None]) -> None:
+        """Carry out one step of a rollback (or of stopping the previous version); a part of the
+        runtime that cannot be reached (a lost host) is recorded and named in the outcome, and
+        the rollback goes on everywhere else."""
+        try:
+            await step
+        except AirlockError as exc:
+            problem = self.masker.mask(exc.message.splitlines()[0])
+            self.incomplete.append(f"{service}: {problem}")
+            self._emit("warning", service, f"{service}: {problem}")
 
     async def _stop(self, instance_id: str, *, force: bool = False) -> None:
         await self.runtime.stop(instance_id, force=force)
@@ -479,7 +502,17 @@ class _Drive:
 
     async def _watch_bake(self) -> None:
         statuses: dict[str, list[InstanceStatus]] = {}
-        for status in await self.runtime.status():
+        try:
+            reported = await self.runtime.status()
+        except AirlockError as exc:
+            # Where the new versions run cannot be seen (a host lost, an agent gone): a bake
+            # that cannot watch does not let the release through.
+            lost = exc.message.splitlines()[0]
+            await self.feed(
+                Abort(f"the bake lost sight of the new versions: {lost}", self.clock())
+            )
+            return
+        for status in reported:
             statuses.setdefault(status.instance_id, []).append(status)
         for service, instance in self.instances.items():
             if self.engine.service_phase(service) is not ServicePhase.READY:
