@@ -23,6 +23,7 @@ import pytest
 
 from airlock import api, runner
 from airlock.clock import VirtualClock
+from airlock.errors import LeaseLost
 from airlock.runner import deploy_async, resume_async
 from airlock.simulate import Behaviour, SimulatedRuntime
 from airlock.state import open_state
@@ -255,3 +256,43 @@ def test_kill_after_every_journal_record_then_resume(
         if serving == "v2":
             assert resumed.outcome == "succeeded"
     assert failures == [], "\n".join(failures)
+
+
+def test_a_runner_that_lost_its_lease_stops_without_touching_anything(
+    make_project: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy that stalled past its lease was taken over: its next journal record is refused
+    (fencing), and it stops at once, leaving the release to the new holder, who finishes it."""
+    start = prepare(make_project, SCENARIOS[0])
+    point = start.copy(tmp_path / "taken")
+    real = runner.open_state
+    taken: list[Any] = []
+    calls_at_takeover: list[int] = []
+
+    class _TakenOver(_Store):
+        def journal(self, deployment_id: str, type_: str, body: dict[str, Any]) -> None:
+            self._store.journal(deployment_id, type_, body)
+            if body.get("action") == "SwitchTraffic" and not taken:
+                other = real(point.project)  # another operator's resume, after the lease ran out
+                running = other.running("staging")
+                assert running is not None
+                other.take_over(running)
+                taken.append(other)
+                calls_at_takeover.append(len(point.world.calls))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "open_state", lambda root: _TakenOver(real(root), _DeadProcess(0)))
+        with pytest.raises(LeaseLost, match="no longer holds deployment"):
+            asyncio.run(
+                deploy_async(point.project, "staging", runtime=point.world, clock=point.clock)
+            )
+    assert taken, "the deployment was never taken over"
+    # The switch that was under way when the lease was lost is the last thing it did.
+    assert len(point.world.calls) <= calls_at_takeover[0] + 1
+    for store in taken:
+        store.close()
+    resumed = asyncio.run(
+        resume_async(point.project, "staging", runtime=point.world, clock=point.clock)
+    )
+    assert resumed is not None
+    assert check_consistent(point) in {"v1", "v2"}

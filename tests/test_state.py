@@ -827,3 +827,28 @@ def test_resume_from_another_working_copy_once_the_killed_deploys_lease_expired(
     with open_state(copy_a, url=pg_url, readonly=True) as store:
         assert store.lock("staging") is None
         assert [d.status for d in store.deployments("staging")] == ["rolled_back", "succeeded"]
+
+
+def test_the_project_file_can_name_the_shared_store(
+    make_project: ProjectFactory, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`state: {url: …}` in airlock.yaml, without a password (libpq's PGPASSWORD gives it);
+    AIRLOCK_STATE_URL still overrides it."""
+    monkeypatch.delenv("AIRLOCK_STATE_URL", raising=False)
+    password = pg_url.split(":")[2].split("@")[0]
+    monkeypatch.setenv("PGPASSWORD", password)
+    project = make_project({"api": {}})
+    document = make_project.read(project)
+    document["state"] = {"url": pg_url.replace(f":{password}@", "@")}
+    make_project.write(project, document)
+    api.build(project, "v1")
+    assert [b.version for b in api.releases(project)] == ["v1"]
+    result = airlock("history", "staging", "--format", "json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert api.deploy(project, "staging").outcome == "succeeded"
+    assert not (project / ".airlock" / "state.db").exists()  # it went to PostgreSQL
+    with open_state(project, url=pg_url) as store:
+        assert store.current_release("staging") is not None
+    monkeypatch.setenv("AIRLOCK_STATE_URL", f"sqlite:{project}/override.db")
+    with open_state(project) as store:
+        assert store.current_release("staging") is None

@@ -28,13 +28,17 @@ from airlock.model import Project, load_project, require_env
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes import Endpoint, InstanceStatus, open_runtime
-from airlock.state import Deployment, open_state
+from airlock.state import Deployment, open_state, use_project_url
 
 PathLike = Path | str
 
 
 def project_at(project: PathLike = ".") -> Project:
-    return load_project(Path(project))
+    """The project (``airlock.yaml``, or the folder holding it); its ``state.url``, if any, is
+    the state store from now on."""
+    loaded = load_project(Path(project))
+    use_project_url(loaded.root, loaded.state.url)
+    return loaded
 
 
 def check(

@@ -109,6 +109,14 @@ class StateError(AirlockError):
     """The state store cannot be read or is inconsistent."""
 
 
+class LeaseLost(StateError):
+    """This process no longer holds the deployment it was running: its lease ran out and
+    another process took it over. It must stop at once, without undoing anything: the new
+    holder carries the deployment on."""
+
+    exit_code = 1
+
+
 class LockedError(StateError):
     """Another release holds the environment's lock."""
 

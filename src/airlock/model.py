@@ -501,6 +501,19 @@ class GatesModel(BaseModel):
     )
 
 
+class StateSettingsModel(BaseModel):
+    """Where Airlock keeps releases' history, locks and the journal."""
+
+    model_config = _strict()
+
+    url: str | None = Field(
+        default=None,
+        description="postgresql://USER@HOST:PORT/DATABASE of a state store the whole team "
+        "shares (the password from PGPASSWORD or ~/.pgpass, never here). AIRLOCK_STATE_URL "
+        "overrides it; without either, SQLite in .airlock/.",
+    )
+
+
 class Project(BaseModel):
     """The whole ``airlock.yaml``."""
 
@@ -511,6 +524,7 @@ class Project(BaseModel):
     services: dict[str, ServiceModel] = Field(min_length=1)
     environments: dict[str, EnvironmentModel] = Field(min_length=1)
     gates: GatesModel = Field(default_factory=GatesModel)
+    state: StateSettingsModel = Field(default_factory=StateSettingsModel)
 
     _file: Path = PrivateAttr(default=Path(PROJECT_FILE))
     _positions: dict[tuple[str | int, ...], tuple[int, int]] = PrivateAttr(default_factory=dict)

@@ -68,6 +68,7 @@ from airlock.engine import (
 from airlock.errors import (
     AirlockError,
     GateFailed,
+    LeaseLost,
     ReleaseFailed,
     SecretError,
     StateError,
@@ -508,9 +509,7 @@ class _Drive:
             # Where the new versions run cannot be seen (a host lost, an agent gone): a bake
             # that cannot watch does not let the release through.
             lost = exc.message.splitlines()[0]
-            await self.feed(
-                Abort(f"the bake lost sight of the new versions: {lost}", self.clock())
-            )
+            await self.feed(Abort(f"the bake lost sight of the new versions: {lost}", self.clock()))
             return
         for status in reported:
             statuses.setdefault(status.instance_id, []).append(status)
@@ -891,6 +890,10 @@ async def _finish_drive(
 ) -> DeployResult:
     try:
         await drive.run(secrets_)
+    except LeaseLost:
+        # Another process took the deployment over while this one stalled: it carries the
+        # deployment on from the journal, so this one must not touch anything any more.
+        raise
     except BaseException as exc:
         # The runtime failed under us (or a bug): try to roll back what we started, then close.
         try:

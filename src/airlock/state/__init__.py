@@ -52,6 +52,7 @@ __all__ = [
     "open_state",
     "state_location",
     "this_holder",
+    "use_project_url",
 ]
 
 #: The environment variable naming a shared state store (a ``postgresql://`` URL).
@@ -74,7 +75,7 @@ def open_state(
     place; ``readonly`` never writes anything (a missing store reads as empty). A lease lasts
     ``lease_seconds``, else ``AIRLOCK_LEASE_SECONDS``, else 30 s.
     """
-    chosen = _chosen_url(url)
+    chosen = _chosen_url(url, project_root)
     if chosen is not None and chosen.startswith(_POSTGRES):
         from airlock.state.postgres import PostgresStateStore
 
@@ -85,14 +86,33 @@ def open_state(
 
 def state_location(project_root: Path, *, url: str | None = None) -> str:
     """Where :func:`open_state` would find the store, for people (a URL without its password)."""
-    chosen = _chosen_url(url)
+    chosen = _chosen_url(url, project_root)
     if chosen is not None and chosen.startswith(_POSTGRES):
         return masked_url(chosen)
     return str(_sqlite_path(project_root, chosen))
 
 
-def _chosen_url(url: str | None) -> str | None:
-    return url or os.environ.get(STATE_URL_ENV) or None
+#: Project folder → the ``state.url`` its ``airlock.yaml`` names (see :func:`use_project_url`).
+_PROJECT_URLS: dict[Path, str] = {}
+
+
+def use_project_url(project_root: Path, url: str | None) -> None:
+    """Remember the ``state: {url: …}`` of the project in ``project_root``: :func:`open_state`
+    uses it when it is given no ``url`` and ``AIRLOCK_STATE_URL`` is not set (the library calls
+    this when it loads a project)."""
+    key = Path(project_root).resolve()
+    if url:
+        _PROJECT_URLS[key] = url
+    else:
+        _PROJECT_URLS.pop(key, None)
+
+
+def _chosen_url(url: str | None, project_root: Path | None = None) -> str | None:
+    if url or os.environ.get(STATE_URL_ENV):
+        return url or os.environ.get(STATE_URL_ENV)
+    if project_root is not None:
+        return _PROJECT_URLS.get(Path(project_root).resolve())
+    return None
 
 
 def _sqlite_path(project_root: Path, url: str | None) -> Path:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from airlock.errors import LockedError, StateError
+from airlock.errors import LeaseLost, LockedError, StateError
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -585,7 +585,7 @@ class StateStore(ABC):
                 continue
             why = f"{lock['holder']} took it over" if lock else "another process finished it"
             self._lose(key, why)
-            raise StateError(
+            raise LeaseLost(
                 f"this process no longer holds deployment {key}: {why}",
                 hint="its lease ran out while this process was stalled or cut off from the "
                 "state store; the new holder carries the deployment on (see `airlock status`)",
