@@ -813,12 +813,20 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     )
 
 
-def _static_gate(project: Project, env: str, project_root: Path) -> None:
-    """The static gate for one environment; refuses the release on any error finding."""
+def _static_gate(bundle: Bundle, env: str, project_root: Path) -> None:
+    """The static gate of the sealed release for one environment; refuses it on any error
+    finding. It judges the release (its sealed project and files), never today's working tree,
+    so Airlock's own files or a file changed since sealing cannot block a deploy or rollback."""
     from airlock.checks.gate import run_gate
 
     deployed = {env: deployed_project(project_root, env)}
-    result = run_gate(project, root=project_root, envs=[env], deployed=deployed)
+    result = run_gate(
+        bundle.project,
+        root=project_root,
+        envs=[env],
+        deployed=deployed,
+        sealed=bundle.files_dir,
+    )
     errors = [f for f in result.findings if f.severity is Severity.ERROR]
     if errors:
         lines = [f"  {f.code}: {f.message} ({f.location})" for f in errors]
@@ -849,7 +857,7 @@ async def deploy_async(
     bundle.verify()
     project = bundle.project
     require_env(project, env)
-    _static_gate(project, env, project_root)
+    _static_gate(bundle, env, project_root)
     secrets_ = resolve_secrets(project, env, bundle.config(env), project_root)
     with open_state(project_root) as store:
         plan = planned(bundle, env, store)

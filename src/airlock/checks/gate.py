@@ -25,7 +25,7 @@ from airlock.checks.config_files import CODES as CONFIG_CODES
 from airlock.checks.config_files import check_config_files
 from airlock.checks.contracts import CODES as CONTRACT_CODES
 from airlock.checks.contracts import check_contracts
-from airlock.checks.leaks import scan_repository, scan_staged
+from airlock.checks.leaks import scan_repository, scan_staged, scan_working_tree
 from airlock.checks.load import CODES as LOAD_CODES
 from airlock.checks.logscan import CODES as LOG_CODES
 from airlock.checks.parity import CODES as PARITY_CODES
@@ -92,9 +92,14 @@ def run_gate(
     deployed: Mapping[str, Project | None] | None = None,
     history: bool = True,
     scan_secrets: bool = True,
+    sealed: Path | None = None,
 ) -> GateResult:
     """Every static finding. ``root`` is the project's folder on disk (for a sealed project,
-    the working tree it was sealed from), where the git repository and the baseline are."""
+    the working tree it was sealed from), where the git repository and the baseline are.
+
+    With ``sealed`` (a release's ``files`` folder), secrets are looked for in the sealed files
+    instead of the working tree and its history: a deploy judges the release it deploys, not
+    what the working copy holds today."""
     result = GateResult(root=root)
     result.findings += check_project(project)
     result.findings += check_config_files(project)
@@ -103,9 +108,22 @@ def run_gate(
         result.findings += check_environments(project, chosen, root=root)
         for env in chosen:
             result.findings += check_contracts(project, (deployed or {}).get(env))
-    if scan_secrets:
+    if scan_secrets and sealed is not None:
+        result.findings += _sealed_secrets(sealed, root, result)
+    elif scan_secrets:
         result.findings += _committed_secrets(root, history, result)
     return result
+
+
+def _sealed_secrets(files: Path, root: Path, result: GateResult) -> list[Finding]:
+    """Secrets in a sealed release's files, less the project's reviewed baseline."""
+    scan = scan_working_tree(files, plain=True)
+    remaining, silenced = filter_findings(
+        scan.findings, load_baseline(repository_root(root) or root)
+    )
+    result.scanned = {"sealed": str(files), "bytes": scan.bytes_scanned, "seconds": scan.seconds}
+    result.silenced = len(silenced)
+    return list(remaining)
 
 
 @dataclass

@@ -987,7 +987,9 @@ def _tree_entries(top: Path, root: Path) -> list[tuple[str, str | None]]:
         for path, sha in index.items()
         if path not in deleted
     ]
-    entries.extend((path, None) for path in others)
+    # Airlock's own files (the agent's token, sealed copies, logs) are never the user's leak;
+    # a tracked one was committed on purpose and is scanned like any other file.
+    entries.extend((path, None) for path in others if ".airlock" not in Path(path).parts)
     return entries
 
 
@@ -1135,12 +1137,13 @@ def scan_repository(root: Path, *, history: bool = True, workers: int | None = N
     return result
 
 
-def scan_working_tree(root: Path, *, workers: int | None = None) -> ScanResult:
+def scan_working_tree(root: Path, *, workers: int | None = None, plain: bool = False) -> ScanResult:
     """Scan the files on disk: tracked and untracked-but-not-ignored ones in a git repository,
-    every file but :data:`SKIPPED_DIRS` in a plain folder."""
+    every file but :data:`SKIPPED_DIRS` in a plain folder (or with ``plain``, such as a sealed
+    release's files, which lie inside the project's repository)."""
     started = time.perf_counter()
     root = _folder(root)
-    top = _toplevel(root)
+    top = None if plain else _toplevel(root)
     if top is None:
         base, paths = root, _walk_folder(root)
     else:
