@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
 from airlock.errors import AirlockError, UsageError
 from airlock.gonogo import Report as GoNoGoReport
-from airlock.model import Project, load_project, require_env
+from airlock.model import NAME_PATTERN, PROJECT_FILE, Project, load_project, require_env
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes import Endpoint, InstanceStatus, open_runtime
@@ -39,6 +40,72 @@ def project_at(project: PathLike = ".") -> Project:
     loaded = load_project(Path(project))
     use_project_url(loaded.root, loaded.state.url)
     return loaded
+
+
+INIT_TEMPLATE = """\
+# airlock.yaml: the services of {name}, their environments and the gates a release passes.
+# Every key: `airlock schema`, docs/project-file.md. Check it: `airlock check --env all`.
+project: {name}
+
+services:
+  web:
+    run: python app.py              # the command; it listens on 127.0.0.1:$PORT
+    # source: [app.py]              # the files sealed into every release (default: all)
+    ready: /readyz                  # traffic only once this answers 2xx (default: /healthz)
+    # depends_on: [api]             # started only once these are ready
+    config:                         # the process's environment
+      GREETING: hello
+      # API_TOKEN: ${{secret:API_TOKEN}}   # resolved at deploy, never stored, always masked
+
+environments:
+  staging:
+    secrets: {{prefix: STAGING_}}     # ${{secret:NAME}} reads STAGING_NAME from the environment
+  production:
+    secrets: {{prefix: PRODUCTION_}}
+    # approvals: 1                  # a GO report and one approval before each deploy
+
+gates:
+  bake: 30s                         # watch new versions this long before calling it done
+  ready_timeout: 30s
+  # memory_growth_mb_per_min: 50    # roll back a version whose memory climbs faster
+"""
+
+#: Lines ``airlock init`` adds to ``.gitignore``: Airlock's own state stays out of git, except
+#: the reviewed baseline of secret findings, which is meant to be committed.
+GITIGNORE_LINES = (".airlock/*", "!.airlock/secrets-baseline.json")
+
+
+def init(folder: PathLike = ".", name: str | None = None) -> list[Path]:
+    """Start a project (``airlock init``): a commented ``airlock.yaml`` and the ``.gitignore``
+    lines for ``.airlock/``. Refuses to overwrite an existing ``airlock.yaml``; returns the files
+    written or changed."""
+    root = Path(folder)
+    target = root / PROJECT_FILE
+    if target.exists():
+        raise UsageError(
+            f"{target} already exists; nothing was changed",
+            hint="edit it, or run `airlock init` in another folder",
+        )
+    chosen = name or re.sub(r"[^a-z0-9_-]+", "-", root.resolve().name.lower()).strip("-_")
+    if not re.fullmatch(NAME_PATTERN, chosen or ""):
+        raise UsageError(
+            f"{chosen or root.resolve().name!r} is not a valid project name",
+            hint="give one with --name: lower-case letters, digits, - and _, from a letter",
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    target.write_text(INIT_TEMPLATE.format(name=chosen), encoding="utf-8")
+    written = [target]
+    ignore = root / ".gitignore"
+    present = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    missing = [line for line in GITIGNORE_LINES if line not in present]
+    if missing:
+        text = "\n".join(present)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += "# Airlock's own state (airlock init)\n" + "\n".join(missing) + "\n"
+        ignore.write_text(text, encoding="utf-8")
+        written.append(ignore)
+    return written
 
 
 def check(

@@ -87,6 +87,17 @@ def _json(data: Any) -> None:
 
 
 @app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Where to start the project."),
+    name: str | None = typer.Option(None, "--name", help="Project name (default: the folder's)."),
+) -> None:
+    """Start a project: a commented airlock.yaml and the .gitignore lines for .airlock/."""
+    for path in api.init(folder, name):
+        console.print(f"[green]✓[/] wrote {path}")
+    console.print("next: edit airlock.yaml, then `airlock check --env all`")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of airlock.yaml (for editors and CI)."""
     _json(json_schema())
@@ -170,7 +181,8 @@ def _render_findings(findings: list[Finding]) -> None:
             continue
         console.print(f"[bold {colours[severity]}]{severity.value}s ({len(group)})[/]")
         for finding in group:
-            console.print(f"  {finding.location}: [bold]{finding.code}[/] {finding.message}")
+            where = f"{finding.location}: " if finding.location is not None else ""
+            console.print(f"  {where}[bold]{finding.code}[/] {escape(finding.message)}")
             if finding.hint:
                 console.print(f"      hint: {finding.hint}")
 
