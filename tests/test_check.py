@@ -85,7 +85,13 @@ def test_exit_codes_and_json(make_project: ProjectFactory) -> None:
         project,
         {
             **make_project.read(project),
-            "services": {"a": {"run": "python app/webapp.py", "depends_on": ["ghost"]}},
+            "services": {
+                "a": {
+                    "run": "python app/webapp.py",
+                    "source": ["app/webapp.py"],
+                    "depends_on": ["ghost"],
+                }
+            },
         },
     )
     result = airlock("check", "--format", "json", cwd=project)
@@ -96,3 +102,29 @@ def test_exit_codes_and_json(make_project: ProjectFactory) -> None:
     assert set(finding) >= {"code", "severity", "message", "location", "hint", "evidence"}
     assert finding["code"] == "deps.unknown"
     assert finding["location"]["line"] is not None
+
+
+def test_a_run_command_whose_script_is_not_sealed_is_an_error(tmp_path: Path) -> None:
+    from airlock.checks.static import check_project
+    from airlock.model import load_project
+
+    (tmp_path / "app").mkdir()
+    for name in ("app/api.py", "tools/start.sh", "web.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "airlock.yaml").write_text(
+        "project: shop\n"
+        "services:\n"
+        "  api: {run: python app/api.py, source: [app]}\n"
+        "  web: {run: python web.py --port 1, source: [app/api.py]}\n"
+        "  ops: {run: ./tools/start.sh, source: [app/]}\n"
+        "  mod: {run: python -m http.server, source: [app]}\n"
+        "environments: {staging: {}}\n"
+    )
+    found = [
+        (f.location.line if f.location else None, f.message)
+        for f in check_project(load_project(tmp_path))
+        if f.code == "model.run-not-sealed"
+    ]
+    assert [line for line, _ in found] == [4, 5]  # web, ops
+    assert "web.py" in found[0][1] and "./tools/start.sh" in found[1][1]

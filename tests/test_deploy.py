@@ -100,6 +100,10 @@ def test_a_service_that_exits_at_once_is_rolled_back(make_project: ProjectFactor
     assert result.returncode == 1, result.stderr
     assert "api" in result.stdout and "rolled back" in result.stdout
     assert "Traceback" not in result.stderr
+    # why it died: its exit code, its last words (from its log), and where to read more
+    said = " ".join(result.stdout.split())
+    assert "exited with code 3" in said, said
+    assert "refusing to start (MODE=exit)" in said and "airlock logs staging api" in said
     assert get(good.endpoints["api"] + "/").json() == {"version": "api-1"}
     assert api.status(project, "staging")["version"] == "v1"
     [deployment] = [d for d in api.history(project, "staging") if d.version == "v2"]

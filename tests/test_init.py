@@ -23,8 +23,11 @@ def test_init_writes_a_project_that_loads_and_the_gitignore_lines(tmp_path: Path
     assert ignore[0] == "node_modules/"
     assert ".airlock/*" in ignore and "!.airlock/secrets-baseline.json" in ignore
     check = airlock("check", "--no-history", cwd=folder)
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.returncode == 1, check.stdout + check.stderr  # the skeleton's app.py is to write
+    assert "model.source-missing" in check.stdout and "'app.py'" in check.stdout
     assert "None:" not in check.stdout
+    (folder / "app.py").write_text("print('hello')\n")
+    assert airlock("check", "--no-history", cwd=folder).returncode == 0
 
 
 def test_init_refuses_to_overwrite_and_changes_nothing(tmp_path: Path) -> None:

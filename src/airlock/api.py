@@ -50,7 +50,7 @@ project: {name}
 services:
   web:
     run: python app.py              # the command; it listens on 127.0.0.1:$PORT
-    # source: [app.py]              # the files sealed into every release (default: all)
+    source: [app.py]                # files and folders sealed into every release
     ready: /readyz                  # traffic only once this answers 2xx (default: /healthz)
     # depends_on: [api]             # started only once these are ready
     config:                         # the process's environment

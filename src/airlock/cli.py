@@ -94,7 +94,10 @@ def init(
     """Start a project: a commented airlock.yaml and the .gitignore lines for .airlock/."""
     for path in api.init(folder, name):
         console.print(f"[green]✓[/] wrote {path}")
-    console.print("next: edit airlock.yaml, then `airlock check --env all`")
+    console.print(
+        "next: describe your services in airlock.yaml (the skeleton runs app.py), "
+        "then `airlock check --env all`"
+    )
 
 
 @app.command()

@@ -89,6 +89,9 @@ from airlock.runtimes import (
 from airlock.secrets import referenced, resolver
 from airlock.state import DeployedRow, StateStore, open_state
 
+#: Log lines of a dead instance quoted in the reason of a failed release.
+LAST_WORDS = 3
+
 #: What the bake judges: one service's new instance on one host ("" on a single machine).
 Unit = tuple[str, str]
 
@@ -251,6 +254,7 @@ class _Drive:
         self.detected_at: float | None = None
         self.finished: Finish | None = None
         self.incomplete: list[str] = []  # rollback steps a runtime could not carry out
+        self.last_words: dict[str, list[str]] = {}  # service → last log lines of a dead instance
         self._unhealthy: dict[str, int] = {}
         # Bake figures per (service, host): a service on three hosts is judged on each.
         self.memory: dict[Unit, list[MemorySample]] = {}
@@ -338,6 +342,11 @@ class _Drive:
         failed = self.engine.failed_service
         if failed and failed in self.last_probe and "not ready" in reason:
             reason += f" (last probe: {self._clip(self.last_probe[failed])})"
+        words = self.last_words.get(failed or "", [])[-LAST_WORDS:]
+        if words and "exited" in reason:
+            reason += (
+                f"; its last lines: {' | '.join(words)} (see `airlock logs {self.env} {failed}`)"
+            )
         if self.incomplete:
             reason += "; not everything could be rolled back: " + "; ".join(self.incomplete)
         return self.masker.mask(reason)
@@ -388,6 +397,32 @@ class _Drive:
             self.finished = action
             return []
         raise StateError(f"the runner does not know the action {action!r}")
+
+    async def _exit_code(self, service: str) -> int | None:
+        """The exit code of the service's new instance, as the runtime saw it (None: unknown)."""
+        try:
+            statuses = await self.runtime.status()
+        except AirlockError:
+            return None
+        codes = [
+            s.last_exit_code
+            for s in statuses
+            if s.instance_id == self.instances.get(service) and s.last_exit_code is not None
+        ]
+        return codes[0] if codes else None
+
+    async def _remember_last_words(self, service: str) -> None:
+        """Keep the last lines the service's new instance wrote (masked), to say why it died."""
+        instance = self.instances.get(service)
+        try:
+            lines = await self.runtime.logs(service, LAST_WORDS * 20)
+        except AirlockError:
+            return
+        prefix = f"[{instance}] "
+        mine = [line.split(prefix, 1)[1] for line in lines if prefix in line]
+        mine = [line for line in mine if line.strip() and not line.startswith("--- ")]
+        if mine:
+            self.last_words[service] = [self._clip(self.masker.mask(line)) for line in mine]
 
     async def _undo(self, service: str, step: Awaitable[None]) -> None:
         """Carry out one step of a rollback (or of stopping the previous version); a part of the
@@ -492,11 +527,13 @@ class _Drive:
                 continue
             self.last_probe[service] = result.detail
             if result.exited:
-                await self.feed(
-                    Exited(service, None, self.clock())
-                    if not result.ok
-                    else Failed(service, f"{service}: restarted while starting", self.clock())
-                )
+                if result.ok:
+                    reason = f"{service}: restarted while starting"
+                    await self.feed(Failed(service, reason, self.clock()))
+                else:
+                    code = await self._exit_code(service)
+                    await self._remember_last_words(service)
+                    await self.feed(Exited(service, code, self.clock()))
             elif result.ok:
                 self._emit("ready", service, f"{service}: ready")
                 await self.feed(Ready(service, self.clock()))
@@ -520,6 +557,7 @@ class _Drive:
             gone = [s for s in found if s.exits > 0 or not s.running]
             if not found or (gone and not gone[0].host):
                 code = gone[0].last_exit_code if gone else None
+                await self._remember_last_words(service)
                 await self.feed(Exited(service, code, self.clock()))
                 return
             if gone:  # on a fleet: say which host

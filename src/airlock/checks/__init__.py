@@ -16,6 +16,7 @@ CODES: dict[str, str] = {
     "config.undefined-reference": "A ${...} reference names something that does not exist.",
     "model.port-conflict": "Two services ask for the same fixed port.",
     "model.source-missing": "A service's `source` path does not exist, so it cannot be sealed.",
+    "model.run-not-sealed": "A service's `run` names a script that no service seals.",
     "runtime.unknown-host": "An ssh environment's placement names a host or role it lacks.",
     "runtime.no-host": "A service of an ssh environment would run on no host.",
     "runtime.unknown-service": "An ssh environment's placement names an undefined service.",

@@ -16,7 +16,40 @@ def check_project(project: Project) -> list[Finding]:
         *_ports(project),
         *_sources(project),
         *_placement(project),
+        *_unsealed_commands(project),
     ]
+    return findings
+
+
+_SCRIPT_SUFFIXES = (".py", ".sh", ".js", ".mjs", ".rb", ".pl", ".php", ".jar")
+
+
+def _unsealed_commands(project: Project) -> list[Finding]:
+    """A ``run`` command naming a script that no service seals: the release could not start it
+    (services run from the sealed files, not from the working copy)."""
+    sealed = [
+        entry.rstrip("/") for service in project.services.values() for entry in service.source
+    ]
+    findings = []
+    for name, service in project.services.items():
+        for token in service.argv:
+            if token.startswith(("-", "/")) or not (
+                token.startswith("./") or token.endswith(_SCRIPT_SUFFIXES)
+            ):
+                continue
+            path = token.removeprefix("./")
+            if any(path == entry or path.startswith(entry + "/") for entry in sealed):
+                continue
+            findings.append(
+                Finding(
+                    "model.run-not-sealed",
+                    Severity.ERROR,
+                    f"service {name!r} runs {token}, which no service's `source` seals, so the "
+                    "release could not start it",
+                    project.locate("services", name, "run"),
+                    hint=f"add {path} (or its folder) to services.{name}.source",
+                )
+            )
     return findings
 
 
