@@ -287,7 +287,30 @@ def test_env_stop_leaves_nothing_running(make_project: ProjectFactory) -> None:
     while processes_under(project) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_under(project) == []
-    assert api.status(project, "staging")["services"] == []
+    status = api.status(project, "staging")
+    assert status["services"] == [] and status["state"] == "stopped"
+    shown = airlock("status", "staging", cwd=project)
+    assert "stopped" in shown.stdout and "(v1)" in shown.stdout, shown.stdout
+
+
+def test_status_says_when_a_deploy_was_interrupted(make_project: ProjectFactory) -> None:
+    """A lock whose holder's process is gone is not shown as held: status says to resume."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    env = {**os.environ, "COLUMNS": "200", "AIRLOCK_TEST_KILL_AFTER": "2"}
+    killer = Path(__file__).parent / "fixtures" / "killpoint.py"
+    killed = subprocess.run(
+        [sys.executable, str(killer), "deploy", "staging"], cwd=project, env=env, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert api.status(project, "staging")["interrupted"] is True
+    shown = airlock("status", "staging", cwd=project)
+    assert "interrupted" in shown.stdout and "airlock resume staging" in shown.stdout
+    assert "locked by" not in shown.stdout
+    refused = airlock("deploy", "staging", cwd=project)
+    assert refused.returncode == 2 and "airlock resume staging" in refused.stderr
+    assert airlock("resume", "staging", cwd=project).returncode == 0
+    assert api.status(project, "staging")["interrupted"] is False
 
 
 def test_a_command_that_does_not_exist_fails_the_release(make_project: ProjectFactory) -> None:

@@ -299,6 +299,11 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
         "services": services,
         "lock": lock,
         "running_deployment": running.id if running else None,
+        # a deploy whose process is gone holds the lock until `airlock resume`
+        "interrupted": bool(running is not None and not running.holder_alive),
+        # running: something serves; stopped: the last release is known but nothing runs
+        # (`airlock env stop`); none: nothing was ever deployed
+        "state": "running" if deployed else ("stopped" if current is not None else "none"),
         "last_deployment": last[0].to_dict() if last else None,
     }
 

@@ -441,13 +441,20 @@ def status(
     if format is Format.json:
         _json(data)
         return
-    release = data["release"] or "nothing deployed"
-    console.print(
-        f"[bold]{env}[/]: {release}" + (f" ({data['version']})" if data["version"] else "")
-    )
+    version = f" ({data['version']})" if data["version"] else ""
+    if data["state"] == "stopped":
+        console.print(f"[bold]{env}[/]: stopped (the last release was {data['release']}{version})")
+    else:
+        console.print(f"[bold]{env}[/]: {data['release'] or 'nothing deployed'}{version}")
     if data["problem"]:
         console.print(f"  [yellow]warning:[/] {escape(data['problem'])}")
-    if data["lock"]:
+    if data["lock"] and data["interrupted"]:
+        lock = data["lock"]
+        console.print(
+            f"  [yellow]interrupted:[/] deployment {lock['deployment_id']} by {lock['holder']} "
+            f"(since {lock['since']}) stopped without finishing; run `airlock resume {env}`"
+        )
+    elif data["lock"]:
         lock = data["lock"]
         console.print(
             f"  locked by {lock['holder']} since {lock['since']} ({lock['deployment_id']})"
