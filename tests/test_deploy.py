@@ -339,3 +339,30 @@ def test_a_failed_first_deploy_leaves_nothing_running(make_project: ProjectFacto
     assert result.outcome == "rolled_back" and result.failed_service == "web"
     assert running_from(project, bundle.id) == []
     assert api.status(project, "staging")["services"] == []
+
+
+def test_emergency_commands_work_with_a_broken_project_file(
+    make_project: ProjectFactory,
+) -> None:
+    """status, logs, rollback and env stop rely on the state store and the sealed release that
+    is deployed, not on today's airlock.yaml, which may be half edited when things go wrong."""
+    project = three_tier(make_project)
+    api.build(project, "v1")
+    api.deploy(project, "staging")
+    set_config(project, make_project, "api", VERSION="api-2")
+    api.build(project, "v2")
+    assert api.deploy(project, "staging").outcome == "succeeded"
+    (project / "airlock.yaml").write_text("project: shop\nservices: [oops\n")  # mid-edit
+
+    assert airlock("check", cwd=project).returncode == 2  # the file itself is still refused
+    status = airlock("status", "staging", "--format", "json", cwd=project)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["version"] == "v2"
+    logs = airlock("logs", "staging", "api", cwd=project)
+    assert logs.returncode == 0 and "api-2" in logs.stdout, logs.stderr
+    back = airlock("rollback", "staging", cwd=project)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert api.history(project, "staging")[0].version == "v1"
+    stop = airlock("env", "stop", "staging", cwd=project)
+    assert stop.returncode == 0, stop.stderr
+    assert processes_under(project / ".airlock") == []

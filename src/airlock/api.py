@@ -23,15 +23,40 @@ from airlock.bundle import (
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.db.target import embedded_server
-from airlock.errors import AirlockError, UsageError
+from airlock.errors import AirlockError, ProjectError, UsageError
 from airlock.gonogo import Report as GoNoGoReport
-from airlock.model import NAME_PATTERN, PROJECT_FILE, Project, load_project, require_env
+from airlock.model import (
+    NAME_PATTERN,
+    PROJECT_FILE,
+    Project,
+    find_project_file,
+    load_project,
+    require_env,
+)
 from airlock.plan import Plan
 from airlock.runner import DeployResult, Progress, deploy_async, planned, resume_async
 from airlock.runtimes import Endpoint, InstanceStatus, open_runtime
 from airlock.state import Deployment, open_state, use_project_url
 
 PathLike = Path | str
+
+
+def running_project(project: PathLike, env: str) -> tuple[Project, Path]:
+    """The project as far as a running environment is concerned, for the commands that must
+    work in an emergency (``status``, ``logs``, ``rollback``, ``env stop``): the working copy's
+    ``airlock.yaml``, or, when that is broken or gone, the one sealed in the release deployed to
+    ``env`` (the running environment does not depend on today's working copy). The working
+    copy's error is raised when nothing is deployed there either. Returns the project and the
+    project's folder (where ``.airlock/`` is)."""
+    try:
+        loaded = project_at(project)
+    except ProjectError:
+        root = find_project_file(Path(project)).resolve().parent
+        sealed = deployed_project(root, env)
+        if sealed is None:
+            raise
+        return sealed, root
+    return loaded, loaded.root
 
 
 def project_at(project: PathLike = ".") -> Project:
@@ -222,8 +247,9 @@ def deploy(
 def rollback(
     project: PathLike, env: str, to: str | None = None, *, progress: Progress | None = None
 ) -> DeployResult:
-    """Deploy the previous good release again (or ``to``) (``airlock rollback``)."""
-    root = project_at(project).root
+    """Deploy the previous good release again (or ``to``) (``airlock rollback``); it needs the
+    sealed releases and the state store only, not a working ``airlock.yaml``."""
+    root = running_project(project, env)[1]
     with open_state(root) as store:
         target = to or store.previous_good_release(env)
     if target is None:
@@ -241,15 +267,18 @@ def resume(project: PathLike, env: str, *, progress: Progress | None = None) -> 
 
 
 def history(project: PathLike, env: str | None = None, limit: int = 50) -> list[Deployment]:
-    with open_state(project_at(project).root) as store:
+    try:
+        root = project_at(project).root
+    except ProjectError:  # history is read from the state store, not from airlock.yaml
+        root = find_project_file(Path(project)).resolve().parent
+    with open_state(root) as store:
         return store.deployments(env, limit)
 
 
 def status(project: PathLike, env: str) -> dict[str, Any]:
     """What runs in ``env``: release, services, instances, lock (``airlock status``)."""
-    loaded = project_at(project)
+    loaded, root = running_project(project, env)
     require_env(loaded, env)
-    root = loaded.root
     with open_state(root) as store:
         deployed = store.deployed(env)
         lock = store.lock(env)
@@ -310,29 +339,29 @@ def status(project: PathLike, env: str) -> dict[str, Any]:
 
 def logs(project: PathLike, env: str, service: str, lines: int = 100) -> list[str]:
     """The last ``lines`` lines of a service's log in ``env`` (secrets already masked)."""
-    loaded = project_at(project)
+    loaded, root = running_project(project, env)
     require_env(loaded, env)
     known = sorted(loaded.services)
     if service not in known:
         raise UsageError(
             f"no service {service!r} in {loaded.file}", hint="services: " + ", ".join(known)
         )
-    return asyncio.run(open_runtime(loaded, env, root=loaded.root).logs(service, lines))
+    return asyncio.run(open_runtime(loaded, env, root=root).logs(service, lines))
 
 
 def stop_env(project: PathLike, env: str) -> bool:
     """Stop every process of ``env`` (``airlock env stop``); whether anything was running."""
-    loaded = project_at(project)
+    loaded, root = running_project(project, env)
     require_env(loaded, env)
-    with open_state(loaded.root) as store:
+    with open_state(root) as store:
         running = store.running(env)
         if running is not None and running.holder_alive:
             raise UsageError(
                 f"a deployment to {env!r} is running ({running.id}, {running.holder})",
                 hint="let it finish or interrupt it first",
             )
-        was_running = asyncio.run(open_runtime(loaded, env, root=loaded.root).shutdown())
-        was_running = embedded_server(loaded.root, env).stop() or was_running
+        was_running = asyncio.run(open_runtime(loaded, env, root=root).shutdown())
+        was_running = embedded_server(root, env).stop() or was_running
         store.remove_deployed(env)
         if running is not None:
             store.finish(running.id, "aborted", reason="the environment was stopped")
