@@ -366,3 +366,32 @@ def test_emergency_commands_work_with_a_broken_project_file(
     stop = airlock("env", "stop", "staging", cwd=project)
     assert stop.returncode == 0, stop.stderr
     assert processes_under(project / ".airlock") == []
+
+
+def test_a_failed_first_deploy_leaves_no_agent_running(make_project: ProjectFactory) -> None:
+    """Nothing of the environment serves after a first deploy that failed: nothing is left
+    running for it either (no agent holding ports)."""
+    project = three_tier(make_project, api={"config": {"VERSION": "api-1", "MODE": "exit"}})
+    api.build(project, "v1")
+    result = airlock("deploy", "staging", cwd=project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the previous release kept serving" not in result.stdout  # there was none
+    assert processes_under(project / ".airlock") == []
+    assert api.status(project, "staging")["agent"] is False
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.4])
+def test_ctrl_c_at_any_moment_ends_without_a_traceback(
+    make_project: ProjectFactory, delay: float
+) -> None:
+    """SIGINT while the command line is still importing, or already working, ends it cleanly
+    (exit 130, ended by the signal itself before Python handles it, or 0 when it was done),
+    never with a traceback."""
+    project = make_project({"api": {}})
+    command = [sys.executable, "-c", "from airlock.entry import main; main()", "status", "staging"]
+    proc = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130, -signal.SIGINT), err.decode()
+    assert b"Traceback" not in err, err.decode()

@@ -50,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     },
 }
 LIBRARY = {"airlock.api", "airlock.gonogo", "airlock.demo", "airlock.testbed", "airlock.traffic"}
-FACES = {"airlock.cli", "airlock.web"}
+FACES = {"airlock.cli", "airlock.web", "airlock.entry"}
 
 
 def module_name(path: Path, src: Path = SRC) -> str:

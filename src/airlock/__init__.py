@@ -4,11 +4,20 @@ The library face is :mod:`airlock.api` (every CLI command is a function there); 
 engine is :mod:`airlock.engine`; :mod:`airlock.simulate` drives it on a virtual clock.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("airlock")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+from typing import Any
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # importlib.metadata takes a tenth of a second to import: only pay for it when asked
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("airlock")
+        except PackageNotFoundError:  # running from a source tree that was not installed
+            return "0.0.0"
+    raise AttributeError(f"module 'airlock' has no attribute {name!r}")

@@ -22,7 +22,6 @@ from airlock.bundle import (
 )
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
-from airlock.db.target import embedded_server
 from airlock.errors import AirlockError, ProjectError, UsageError
 from airlock.gonogo import Report as GoNoGoReport
 from airlock.model import (
@@ -361,6 +360,8 @@ def stop_env(project: PathLike, env: str) -> bool:
                 hint="let it finish or interrupt it first",
             )
         was_running = asyncio.run(open_runtime(loaded, env, root=root).shutdown())
+        from airlock.db.target import embedded_server
+
         was_running = embedded_server(root, env).stop() or was_running
         store.remove_deployed(env)
         if running is not None:

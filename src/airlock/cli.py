@@ -13,19 +13,30 @@ import time
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from airlock import api
-from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError
 from airlock.findings import Finding, Severity, has_errors
-from airlock.model import json_schema
-from airlock.runner import DeployResult, ProgressEvent
+
+if TYPE_CHECKING:
+    from airlock import api
+    from airlock.checks.outcome import GateOutcome
+    from airlock.runner import DeployResult, ProgressEvent
+else:
+    # Each command imports only what it uses: `airlock --help` must not load the library
+    # (pydantic, psycopg, sslyze, httpx, …). The library is imported on its first use.
+    class _Library:
+        def __getattr__(self, name: str) -> Any:
+            from airlock import api as module
+
+            return getattr(module, name)
+
+    api = _Library()
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
@@ -103,6 +114,8 @@ def init(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of airlock.yaml (for editors and CI)."""
+    from airlock.model import json_schema
+
     _json(json_schema())
 
 
@@ -358,10 +371,12 @@ def _report(result: DeployResult, format: Format) -> None:
             f"[red]✗[/] {result.kind} of {result.version} to {result.env} failed: {result.reason}"
         )
         if result.rollback_seconds is not None:
-            console.print(
-                f"  rolled back automatically in {result.rollback_seconds:.2f}s; the previous "
-                "release kept serving"
+            after = (
+                "the previous release kept serving"
+                if result.previous_release
+                else "nothing of it is left running (there was no previous release)"
             )
+            console.print(f"  rolled back automatically in {result.rollback_seconds:.2f}s; {after}")
     if result.outcome != "succeeded":
         raise typer.Exit(1)
 

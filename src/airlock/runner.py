@@ -40,7 +40,6 @@ from airlock.checks.bake import (
     traffic_figures,
 )
 from airlock.clock import SYSTEM, Clock
-from airlock.db.target import environment_database_url
 from airlock.engine import (
     Abort,
     Action,
@@ -134,6 +133,7 @@ class DeployResult:
     endpoints: dict[str, str] = field(default_factory=dict)
     migrations: list[str] = field(default_factory=list)  # applied by this release
     bake: dict[str, dict[str, Any]] = field(default_factory=dict)  # service -> bake figures
+    previous_release: str | None = None  # what served before (None: a first deploy)
 
     @property
     def detect_seconds(self) -> float | None:
@@ -284,6 +284,8 @@ class _Drive:
             return self.env if ref.name == "name" else self.runtime.data_dir
         if ref.kind == "database":
             if self.database_url is None:
+                from airlock.db.target import environment_database_url
+
                 url, secret_values = environment_database_url(
                     self.project, self.env, state_root=self.project_root
                 )
@@ -951,8 +953,20 @@ async def _finish_drive(
             drive.record_outcome()
         else:
             drive.store.finish(drive.deployment_id, "failed", reason=drive.masker.mask(str(exc)))
+        await _shut_down_if_idle(drive)
         raise
-    return _result(drive, kind, started)
+    return await _result(drive, kind, started)
+
+
+async def _shut_down_if_idle(drive: _Drive) -> None:
+    """After a deploy that left nothing of the environment serving (a first deploy that failed
+    or was interrupted), stop the runtime's helpers too: no agent is left running for nothing."""
+    try:
+        if drive.store.deployed(drive.env):
+            return
+        await drive.runtime.shutdown()
+    except Exception:  # best effort: the deploy's own outcome is what the caller needs
+        return
 
 
 async def resume_async(
@@ -1023,12 +1037,14 @@ async def resume_async(
             await drive.watch()
         if drive.finished is None:
             await drive.watch()
-        return _result(drive, "resume", started)
+        return await _result(drive, "resume", started)
 
 
-def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
+async def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
     """Record the outcome in the state store and summarise it."""
     drive.record_outcome()
+    if drive.finished is not None and drive.finished.outcome != "succeeded":
+        await _shut_down_if_idle(drive)
     assert drive.finished is not None
     result = DeployResult(
         deployment_id=drive.deployment_id,
@@ -1047,6 +1063,7 @@ def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         kept=[s.name for s in drive.plan.services if s.action == "keep"],
         endpoints={name: endpoint.url for name, endpoint in drive.endpoints.items()},
         migrations=drive.migrations_applied,
+        previous_release=drive.plan.previous_release,
         bake=drive.bake_figures,
     )
     drive._emit("done", None, f"{kind} {result.outcome}")

@@ -20,43 +20,54 @@ from typing import Any
 
 from airlock.checks import CODES
 from airlock.checks.baseline import filter_findings, load_baseline
-from airlock.checks.ci import CODES as CI_CODES
 from airlock.checks.config_files import CODES as CONFIG_CODES
 from airlock.checks.config_files import check_config_files
 from airlock.checks.contracts import CODES as CONTRACT_CODES
 from airlock.checks.contracts import check_contracts
 from airlock.checks.leaks import scan_repository, scan_staged, scan_working_tree
-from airlock.checks.load import CODES as LOAD_CODES
-from airlock.checks.logscan import CODES as LOG_CODES
 from airlock.checks.parity import CODES as PARITY_CODES
 from airlock.checks.parity import check_environments
-from airlock.checks.posture import CODES as POSTURE_CODES
-from airlock.checks.release_gates import CODES as RELEASE_GATE_CODES
 from airlock.checks.static import check_project
 from airlock.errors import UsageError
 from airlock.findings import Finding, Severity
 from airlock.model import Project
 
-ALL_CODES: dict[str, str] = {
-    **CODES,
-    **CONFIG_CODES,
-    **CONTRACT_CODES,
-    **PARITY_CODES,
-    **POSTURE_CODES,
-    **LOG_CODES,
-    **RELEASE_GATE_CODES,
-    **CI_CODES,
-    **LOAD_CODES,
-    "gonogo.gate-error": "A gate could not run (unreachable system, unreadable input); a gate "
-    "that cannot decide says no.",
-    "gonogo.not-run": "A configured gate has no result for this release yet.",
-    "migration.rehearsal-failed": "The pending migrations failed when rehearsed on a clone of "
-    "the environment's database.",
-    "secret.committed": "A secret (key, token, password, private key) is in the working tree or "
-    "the git history.",
-    "secret.history-not-scanned": "The project is not in a git repository, so only the files on "
-    "disk were scanned for secrets.",
-}
+
+def all_codes() -> dict[str, str]:
+    """Every finding code of the gates and what it means (imports each gate's module)."""
+    from airlock.checks.ci import CODES as CI_CODES
+    from airlock.checks.load import CODES as LOAD_CODES
+    from airlock.checks.logscan import CODES as LOG_CODES
+    from airlock.checks.posture import CODES as POSTURE_CODES
+    from airlock.checks.release_gates import CODES as RELEASE_GATE_CODES
+
+    return {
+        **CODES,
+        **CONFIG_CODES,
+        **CONTRACT_CODES,
+        **PARITY_CODES,
+        **POSTURE_CODES,
+        **LOG_CODES,
+        **RELEASE_GATE_CODES,
+        **CI_CODES,
+        **LOAD_CODES,
+        "gonogo.gate-error": "A gate could not run (unreachable system, unreadable input); a gate "
+        "that cannot decide says no.",
+        "gonogo.not-run": "A configured gate has no result for this release yet.",
+        "migration.rehearsal-failed": "The pending migrations failed when rehearsed on a clone "
+        "of the environment's database.",
+        "secret.committed": "A secret (key, token, password, private key) is in the working tree "
+        "or the git history.",
+        "secret.history-not-scanned": "The project is not in a git repository, so only the files "
+        "on disk were scanned for secrets.",
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # ALL_CODES is computed on first use: the posture gate's module loads sslyze
+    if name == "ALL_CODES":
+        return all_codes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
