@@ -336,8 +336,14 @@ class _Drive:
             ):
                 self.detected_at = self.clock()
                 self._emit("failed", self.engine.failed_service, self._reason())
-            for action in actions:
-                queue.extend(await self.execute(action))
+            for batch in _batches(actions):
+                if len(batch) == 1:
+                    queue.extend(await self.execute(batch[0]))
+                    continue
+                # Stopping the previous versions after a good bake: independent of each
+                # other, so at once (each is journaled before it is carried out).
+                for events in await asyncio.gather(*(self.execute(a) for a in batch)):
+                    queue.extend(events)
 
     def _reason(self) -> str:
         reason = self.engine.reason or "failed"
@@ -956,6 +962,17 @@ async def _finish_drive(
         await _shut_down_if_idle(drive)
         raise
     return await _result(drive, kind, started)
+
+
+def _batches(actions: list[Action]) -> list[list[Action]]:
+    """Actions in order, consecutive ``StopOld`` ones together (they can run at once)."""
+    batches: list[list[Action]] = []
+    for action in actions:
+        if isinstance(action, StopOld) and batches and isinstance(batches[-1][0], StopOld):
+            batches[-1].append(action)
+        else:
+            batches.append([action])
+    return batches
 
 
 async def _shut_down_if_idle(drive: _Drive) -> None:
