@@ -7,8 +7,11 @@ and exits 2 for bad input or 1 when a gate said no or a release failed; ``--debu
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
+import textwrap
 import time
 import traceback
 from enum import StrEnum
@@ -20,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, Location
 from airlock.findings import Finding, Severity, has_errors
 
 if TYPE_CHECKING:
@@ -186,6 +189,22 @@ def check(
         raise typer.Exit(1)
 
 
+def _shown(location: Location) -> str:
+    """A location for people: its file relative to the current folder when it is inside it."""
+    with contextlib.suppress(ValueError):
+        relative = Path(location.file).resolve().relative_to(Path.cwd().resolve())
+        return str(dataclasses.replace(location, file=str(relative)))
+    return str(location)
+
+
+def _say_wrapped(text: str, *, indent: int) -> None:
+    """``text`` wrapped to the terminal (80 columns when piped), every line indented."""
+    width = max(console.width, 40) - indent
+    pad = " " * indent
+    for line in textwrap.wrap(text, width=width, break_on_hyphens=False) or [""]:
+        console.print(pad + escape(line), soft_wrap=True)
+
+
 def _render_findings(findings: list[Finding]) -> None:
     if not findings:
         console.print("[green]✓[/] no findings")
@@ -197,10 +216,11 @@ def _render_findings(findings: list[Finding]) -> None:
             continue
         console.print(f"[bold {colours[severity]}]{severity.value}s ({len(group)})[/]")
         for finding in group:
-            where = f"{finding.location}: " if finding.location is not None else ""
-            console.print(f"  {where}[bold]{finding.code}[/] {escape(finding.message)}")
+            place = escape(_shown(finding.location)) if finding.location is not None else ""
+            console.print(f"  [bold]{finding.code}[/]  {place}".rstrip(), soft_wrap=True)
+            _say_wrapped(finding.message, indent=4)
             if finding.hint:
-                console.print(f"      hint: {finding.hint}")
+                _say_wrapped(f"hint: {finding.hint}", indent=4)
 
 
 # -- releases ----------------------------------------------------------------------------------
@@ -474,17 +494,15 @@ def status(
         console.print(
             f"  locked by {lock['holder']} since {lock['since']} ({lock['deployment_id']})"
         )
-    if data["services"]:
-        table = Table("service", "url", "running", "where", "restarts")
-        for s in data["services"]:
-            table.add_row(
-                s["service"],
-                s["url"] or "-",
-                "yes" if s["running"] else "[red]no[/]",
-                s["where"] or "-",
-                str(s["restarts"]),
-            )
-        console.print(table)
+    width = max((len(s["service"]) for s in data["services"]), default=0)
+    for s in data["services"]:
+        # one line per service (two on a fleet): it reads the same at 80 columns and piped
+        state = "running" if s["running"] else "[red]not running[/]"
+        restarts = f", {s['restarts']} restart(s)" if s["restarts"] else ""
+        name = s["service"].ljust(width)
+        console.print(f"  {name}  {s['url'] or '-'}  {state}{restarts}", soft_wrap=True)
+        if s["where"]:
+            _say_wrapped(s["where"], indent=width + 4)
 
 
 @app.command()
@@ -499,15 +517,18 @@ def history(
     if format is Format.json:
         _json([d.to_dict() for d in rows])
         return
-    table = Table(
-        "deployment", "kind", "version", "release", "status", "started", "seconds", "reason"
-    )
+    if not rows:
+        console.print(f"no deployments to {env} yet")
+    marks = {"succeeded": "[green]✓[/]", "running": "[yellow]…[/]"}
     for d in rows:
-        seconds = f"{d.duration_seconds:.1f}" if d.duration_seconds is not None else "-"
-        table.add_row(
-            d.id, d.kind, d.version, d.release_id, d.status, d.started_at, seconds, d.reason or ""
-        )
-    console.print(table)
+        # A short list, not a table: it reads the same at 80 columns, in a log and in a pipe.
+        took = f" in {d.duration_seconds:.1f}s" if d.duration_seconds is not None else ""
+        started = d.started_at.replace("T", " ")[:16]
+        mark = marks.get(d.status, "[red]✗[/]")
+        console.print(f"{mark} {escape(d.version)} {d.kind} {d.status}{took}, {started} UTC")
+        console.print(f"    {d.id}, release {d.release_id}")
+        if d.reason:
+            _say_wrapped(f"why: {d.reason}", indent=4)
 
 
 @app.command()
@@ -537,12 +558,30 @@ def env_stop(
 @app.command()
 def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary workspace."),
+    fleet: bool = typer.Option(
+        False,
+        "--fleet",
+        help="On three SSH test hosts built on this machine (Linux, root) instead of locally: "
+        "services on two or three hosts each, traffic to every host.",
+    ),
     format: Format = FormatOption,
 ) -> None:
     """Deploy the Phoenix example: v1 to staging and production, v2, then a bad v3 rolled back."""
+    progress = None if format is Format.json else errors
+    if fleet:
+        from airlock.demo import render_fleet_summary, run_fleet_demo
+
+        on_fleet = run_fleet_demo(keep=keep, progress=progress)
+        if format is Format.json:
+            _json(on_fleet.to_dict())
+        else:
+            render_fleet_summary(on_fleet, console)
+        if not on_fleet.passed:
+            raise typer.Exit(1)
+        return
     from airlock.demo import render_summary, run_demo
 
-    summary = run_demo(keep=keep, progress=None if format is Format.json else errors)
+    summary = run_demo(keep=keep, progress=progress)
     if format is Format.json:
         _json(summary.to_dict())
     else:
