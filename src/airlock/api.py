@@ -20,6 +20,7 @@ from airlock.bundle import (
     list_releases,
     load_bundle,
 )
+from airlock.bundle import unsealed_changes as bundle_unsealed_changes
 from airlock.checks.gate import GateResult, posture_findings, repository_root, run_gate
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError, ProjectError, UsageError
@@ -38,6 +39,17 @@ from airlock.runtimes import Endpoint, InstanceStatus, open_runtime
 from airlock.state import Deployment, open_state, use_project_url
 
 PathLike = Path | str
+
+
+def unsealed_changes(project: PathLike = ".") -> tuple[str | None, list[str]]:
+    """The newest sealed release's version and the files of the working copy that differ from
+    it (what a deploy of the newest release would not carry)."""
+    loaded = project_at(project)
+    releases = list_releases(loaded.root)
+    if not releases:
+        return None, []
+    newest = releases[-1]
+    return newest.version, bundle_unsealed_changes(loaded, newest)
 
 
 def running_project(project: PathLike, env: str) -> tuple[Project, Path]:

@@ -278,6 +278,30 @@ def _content_of(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def unsealed_changes(project: Project, bundle: Bundle) -> list[str]:
+    """The files that sealing the working copy now would seal differently from ``bundle``
+    (changed, new or gone), as paths relative to the project; [] when none, or when the working
+    copy cannot be sealed as it is (``airlock release build`` says why)."""
+    root = project.root
+    try:
+        sources = _sources(project)
+        migrations = _migrations(project)
+    except ReleaseError:
+        return []
+    wanted = sorted({PROJECT_FILE, *migrations, *(f for fs in sources.values() for f in fs)})
+    sealed: dict[str, str] = bundle.manifest.get("files", {})
+    changed = []
+    for relative in wanted:
+        try:
+            digest = sha256_file(root / relative)
+        except OSError:
+            continue
+        if sealed.get(relative) != digest:
+            changed.append(relative)
+    changed += [relative for relative in sealed if relative not in wanted]
+    return sorted(changed)
+
+
 def build_release(project: Project, version: str | None = None) -> tuple[Bundle, bool]:
     """Seal the project as it is on disk; return the bundle and whether it is new.
 
@@ -324,10 +348,21 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
         "migrations": migrations,
     }
     draft_id = content_id(content)
-    if not version:
-        content["version"] = draft_id[:8]
-    release_id = content_id(content)
     source = git_source(root, relative_files)
+    label = version or draft_id[:8]
+    if source.get("dirty") and not label.endswith("+dirty"):
+        # sealed from uncommitted changes: say so wherever the release is named
+        label += "+dirty"
+    content["version"] = label
+    release_id = content_id(content)
+    for other in list_releases(root):
+        if other.version == label and other.id != release_id:
+            raise ReleaseError(
+                f"version {label} already names release {other.id} (sealed "
+                f"{other.manifest.get('created_at', '?')[:19]}) whose content differs; nothing "
+                "was sealed",
+                hint="give this build another --version, or none (the content's hash is used)",
+            )
     target = releases_dir(root) / release_id
     if (target / MANIFEST).is_file():
         bundle = load_bundle(root, release_id)

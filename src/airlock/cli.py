@@ -420,8 +420,21 @@ def deploy(
     (`airlock approve`) first. Exits 1 when the release failed and was rolled back, or was
     refused. Ctrl-C rolls back too.
     """
+    root = _project(project)
+    if release is None:
+        with contextlib.suppress(AirlockError):  # a broken working copy is not this command's
+            version, changed = api.unsealed_changes(root)
+            if changed:
+                more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+                errors.print(
+                    f"[yellow]warning:[/] the working tree differs from the newest sealed "
+                    f"release {escape(version or '')} ({escape(', '.join(changed[:5]))}{more}); "
+                    "deploying it as it was sealed. Run `airlock release build` to seal the "
+                    "changes.",
+                    soft_wrap=False,
+                )
     result = api.deploy(
-        _project(project),
+        root,
         env,
         release,
         progress=_Printer(quiet=format is Format.json),

@@ -164,6 +164,11 @@ class Plan:
                 return candidate
         raise KeyError(name)
 
+    @property
+    def changes_something(self) -> bool:
+        """Whether a deploy of this plan starts or removes anything."""
+        return any(s.action in ("start", "remove") for s in self.services)
+
     def engine_plan(self) -> EnginePlan:
         return EnginePlan(
             services=tuple(
@@ -177,7 +182,8 @@ class Plan:
                 for s in self.services
                 if s.action != "remove"
             ),
-            bake_seconds=self.bake_seconds,
+            # Nothing new runs: there is nothing to watch, so no bake to wait through.
+            bake_seconds=self.bake_seconds if self.changes_something else 0.0,
             max_parallel=self.max_parallel,
             remove=tuple(s.name for s in self.services if s.action == "remove"),
         )

@@ -470,6 +470,8 @@ class _Drive:
         self._emit(
             "plan", None, f"deploying {self.bundle.version} ({self.bundle.id}) to {self.env}"
         )
+        if not self.plan.changes_something:
+            self._emit("plan", None, "nothing changes: no service starts, so there is no bake")
         try:
             if self.engine.phase is ReleasePhase.PENDING:
                 await self.feed(Begin(self.clock()))
