@@ -9,7 +9,7 @@ import pytest
 
 from airlock import api
 from airlock.bundle import sha256_file
-from airlock.errors import ReleaseError, TamperedReleaseError
+from airlock.errors import GateFailed, TamperedReleaseError
 
 from .conftest import ProjectFactory, airlock
 
@@ -48,8 +48,8 @@ def test_any_change_gives_a_new_id(phoenix: Path) -> None:
     base, _ = api.build(phoenix, "v1")
     with (phoenix / "services" / "audit.py").open("a") as handle:
         handle.write("\n# a comment\n")
-    changed_source, _ = api.build(phoenix, "v1")
-    relabelled, _ = api.build(phoenix, "v1.0.1")
+    changed_source, _ = api.build(phoenix, "v2")  # "v1" again is refused: it names base
+    relabelled, _ = api.build(phoenix, "v2.0.1")
     assert len({base.id, changed_source.id, relabelled.id}) == 3
     assert base.digests("staging")["audit"] != changed_source.digests("staging")["audit"]
     assert base.digests("staging")["account"] == changed_source.digests("staging")["account"]
@@ -84,11 +84,17 @@ def test_verify_catches_an_edited_file_and_an_edited_manifest(phoenix: Path) -> 
 
 
 def test_a_missing_source_is_a_clear_error(make_project: ProjectFactory) -> None:
-    """A service whose source path does not exist cannot be sealed."""
+    """A service whose source path does not exist cannot be sealed: the same finding as
+    `airlock check`, and the same exit code (1, the gate said no)."""
     project = make_project({"api": {"source": ["app/nope.py"]}})
-    with pytest.raises(ReleaseError) as info:
+    with pytest.raises(GateFailed) as info:
         api.build(project)
     assert "app/nope.py" in str(info.value) and "'api'" in str(info.value)
+    build = airlock("release", "build", cwd=project)
+    check = airlock("check", "--no-history", cwd=project)
+    assert build.returncode == check.returncode == 1
+    plan = airlock("plan", "staging", cwd=project)
+    assert plan.returncode == 2 and "airlock check" in plan.stderr
 
 
 def test_release_list_and_show(phoenix: Path) -> None:

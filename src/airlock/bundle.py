@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.checks.static import check_project
-from airlock.errors import ReleaseError, TamperedReleaseError, UsageError
+from airlock.errors import GateFailed, ReleaseError, TamperedReleaseError, UsageError
 from airlock.findings import Severity
 from airlock.model import PROJECT_FILE, Project, load_project
 from airlock.paths import releases_dir
@@ -310,7 +310,8 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
     findings = [f for f in check_project(project) if f.severity is Severity.ERROR]
     if findings:
         lines = [f"  {f.location}: {f.code}: {f.message}" for f in findings]
-        raise ReleaseError(
+        # the same findings make `airlock check` exit 1: the gate said no, here too
+        raise GateFailed(
             "the project has errors, so it cannot be sealed:\n" + "\n".join(lines),
             hint="fix them (see `airlock check`) and build again",
         )
@@ -479,8 +480,10 @@ def latest_release(project_root: Path) -> Bundle:
     bundles = list_releases(project_root)
     if not bundles:
         raise ReleaseError(
-            "no sealed release to deploy",
-            hint="seal one with `airlock release build --version V`; only sealed releases deploy",
+            f"no sealed release in {releases_dir(project_root)} yet, so there is nothing to "
+            "deploy or plan",
+            hint="seal one with `airlock release build --version V`; if it refused, "
+            "`airlock check` lists what to fix first",
         )
     return bundles[-1]
 
