@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
 import ipaddress
 import json
 import os
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO
 
@@ -62,7 +63,10 @@ TOOLS = ("ip", "unshare", "nsenter", "mount", "sh", "install", "stat", "grep")
 HOST_PYTHON = "/usr/bin/python3"  # the hosts' Python (and their init)
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+#: Where :meth:`FleetHost.install_python_packages` puts packages (services need PYTHONPATH)
+HOST_PYTHON_LIB = "/srv/lib/python"
 
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _NETNS_NAME = re.compile(rf"^{re.escape(HOST_PREFIX)}\d+$")
 _VETH_NAME = re.compile(rf"^({re.escape(VETH_PREFIX)}|{re.escape(PEER_PREFIX)})\d+$")
 
@@ -417,6 +421,67 @@ class FleetHost:
         if result.returncode not in (0, 1):
             raise RuntimeError(f"{self.name}: grep failed: {result.stderr.strip()}")
         return sorted(result.stdout.splitlines())
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process in the host but its own machinery (init, sshd, the launchers): what
+        was started in it, e.g. over SSH."""
+        own = {self._init, *(p.pid for p in (self._launcher, self._restarted) if p is not None)}
+        found = []
+        for pid in _pids_in_netns(self.netns):
+            if pid in own:
+                continue
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.exe() != SSHD:
+                    found.append(proc)
+        return found
+
+    # -- provisioning --------------------------------------------------------------------------
+
+    def install_python_packages(
+        self,
+        names: Sequence[str],
+        *,
+        optional: Sequence[str] = (),
+        target: str = HOST_PYTHON_LIB,
+    ) -> list[str]:
+        """Copy installed Python distributions of this machine into the host's ``target``.
+
+        What a sysadmin does with ``pip install --target``, from what the operator has: the
+        distributions ``names`` (each must be installed here), those of ``optional`` that are,
+        and what they require (unconditionally or for this Python; extras are not followed),
+        each with the files of its ``RECORD`` (compiled extensions and their bundled libraries
+        too; no byte code, no scripts). The host's Python must match this one's version and
+        machine type for compiled parts; the services find the packages through
+        ``PYTHONPATH=target``. ``target`` must be inside one of the host's private folders.
+        Returns the distributions copied, as ``name version``.
+        """
+        if not any(_inside(target, private) for private in self.fleet.private_dirs):
+            raise ValueError(
+                f"{target} is not inside a private folder of the hosts "
+                f"({', '.join(self.fleet.private_dirs)}): it would be written on this machine"
+            )
+        chosen = _distributions(names, optional)
+        root = self.path(target)
+        copied = []
+        for dist in chosen:
+            files = dist.files
+            if files is None:
+                raise RuntimeError(f"{dist.metadata['Name']} has no RECORD of its files")
+            for entry in files:
+                relative = PurePosixPath(str(entry))
+                if ".." in relative.parts or relative.is_absolute():
+                    continue  # scripts and data outside the package folder
+                if "__pycache__" in relative.parts or relative.suffix == ".pyc":
+                    continue
+                source = Path(str(dist.locate_file(entry)))
+                if not source.is_file():
+                    continue
+                destination = root / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination)
+            copied.append(f"{dist.metadata['Name']} {dist.version}")
+        return copied
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -785,6 +850,34 @@ class Fleet:
         self._state = None
         if errors:
             raise RuntimeError("fleet teardown: " + "; ".join(errors))
+
+
+def _distributions(
+    names: Sequence[str], optional: Sequence[str]
+) -> list[importlib.metadata.Distribution]:
+    """``names`` (required), the installed ones of ``optional``, and everything they require
+    that is installed here, each once."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    wanted = [(name, True) for name in names] + [(name, False) for name in optional]
+    while wanted:
+        name, required = wanted.pop(0)
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            if required:
+                raise RuntimeError(f"the Python package {name!r} is not installed here") from None
+            continue
+        found[key] = dist
+        for requirement in dist.requires or []:
+            spec, _, marker = requirement.partition(";")
+            matched = _REQUIREMENT_NAME.match(spec)
+            if matched and "extra" not in marker:
+                # a requirement for another Python or platform is simply not installed here
+                wanted.append((matched.group(1), False))
+    return list(found.values())
 
 
 def _depth(folder: str) -> tuple[int, str]:

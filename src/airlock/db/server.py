@@ -8,8 +8,10 @@ and, run as root, opens the permissions of every parent folder of the data direc
 Here the server belongs to the environment, like its agent: it is started on demand, reused by
 every later command (also when the process that started it was killed), and stopped by
 ``airlock env stop ENV``. Its state lives in one folder, ``.airlock/envs/ENV/postgres/``:
-``server.json`` (port, pid, password; mode 0600) and a lock file. Listening is on 127.0.0.1 only,
-with a generated password (scram-sha-256).
+``server.json`` (port, pid, password; mode 0600) and a lock file. Listening is on 127.0.0.1, with a
+generated password (scram-sha-256); a server made with ``listen`` also listens on those addresses,
+and takes logins with the password from the networks in ``clients`` (``airlock demo --fleet``:
+the testbed's bridge, so that its hosts reach the database).
 
 PostgreSQL refuses to run as root. As root, Airlock runs it as the system user ``airlock-pg``
 (created on first use) with its data in ``/var/lib/airlock/postgres/<key>/``, a folder that user
@@ -34,7 +36,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +100,26 @@ class ServerInfo:
 class EmbeddedServer:
     """The embedded PostgreSQL server of one environment (``home`` is its state folder)."""
 
-    def __init__(self, home: Path, *, fast: bool | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        fast: bool | None = None,
+        listen: Sequence[str] = (),
+        clients: Sequence[str] = (),
+    ) -> None:
+        """``listen``: addresses to listen on besides 127.0.0.1; ``clients``: networks
+        (``10.0.0.0/24``) whose connections may log in with the password. Both take effect when
+        the server starts (a server already running is reused as it is)."""
         self.home = home
         self.key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
         # fsync off trades crash safety for speed: for throwaway test and demo servers only.
         self.fast = os.environ.get("AIRLOCK_EMBEDDED_PG_FAST") == "1" if fast is None else fast
+        for text in (*listen, *clients):
+            if not text or any(c.isspace() or c in ",'\"\\" for c in text):
+                raise ValueError(f"not an address or a network: {text!r}")
+        self.listen = tuple(listen)
+        self.clients = tuple(clients)
 
     # -- where things are ----------------------------------------------------------------------
 
@@ -228,9 +245,10 @@ class EmbeddedServer:
             state = self._read_state()
             if state is None or not (self.data_dir / "PG_VERSION").exists():
                 state = self._initdb()
+            self._allow_clients()
             port = _free_port()
             options = [
-                "-c listen_addresses=127.0.0.1",
+                f"-c listen_addresses={','.join(('127.0.0.1', *self.listen))}",
                 f"-p {port}",
                 "-c unix_socket_directories=''",
                 "-c max_connections=100",
@@ -305,6 +323,21 @@ class EmbeddedServer:
             self.base.chmod(0o700)
             if self.data_dir.exists():
                 os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _allow_clients(self) -> None:
+        """Let ``clients`` log in with the password: a line each in ``pg_hba.conf``."""
+        if not self.clients:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text()
+        lines = [
+            f"host all all {network} scram-sha-256  # airlock: a client network\n"
+            for network in self.clients
+        ]
+        missing = [line for line in lines if line not in text]
+        if missing:
+            with hba.open("a") as handle:  # keeps the file's owner (the server's user)
+                handle.write(("" if text.endswith("\n") else "\n") + "".join(missing))
 
     def _initdb(self) -> dict[str, Any]:
         password = secrets.token_urlsafe(24)
