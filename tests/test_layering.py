@@ -103,8 +103,8 @@ def crossings(src: Path = SRC) -> list[str]:
             target_layer = layer_of(target)
             if target_layer in SHARED or target_layer == layer:
                 continue
-            if target_layer in FACES:
-                found.append(f"{where} (nothing imports a face)")
+            if target_layer in FACES and layer not in FACES:
+                found.append(f"{where} (nothing but a face imports a face)")
             elif target.startswith(PROTOCOL + ".") and layer != PROTOCOL:
                 found.append(f"{where} (a concrete runtime: use airlock.runtimes.open_runtime)")
             elif layer in FACES or layer in LIBRARY:

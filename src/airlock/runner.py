@@ -340,8 +340,8 @@ class _Drive:
                 if len(batch) == 1:
                     queue.extend(await self.execute(batch[0]))
                     continue
-                # Stopping the previous versions after a good bake: independent of each
-                # other, so at once (each is journaled before it is carried out).
+                # Stopping the previous versions after a good bake, or the new ones in a
+                # rollback: independent of each other, so at once (each journaled first).
                 for events in await asyncio.gather(*(self.execute(a) for a in batch)):
                     queue.extend(events)
 
@@ -967,7 +967,19 @@ async def _finish_drive(
 
 
 def _batches(actions: list[Action]) -> list[list[Action]]:
-    """Actions in order, consecutive ``StopOld`` ones together (they can run at once)."""
+    """Actions in order, consecutive ``StopOld`` ones together (they can run at once).
+
+    A rollback (traffic reverts and stops of the new versions) reverts the traffic of every
+    service first, dependents first, then stops every new version at once: each stop waits for
+    a process to exit, and nothing reaches a new version once its traffic went back.
+    """
+    if actions and all(isinstance(a, RevertTraffic | StopNew | Finish) for a in actions):
+        ordered: list[list[Action]] = [[a] for a in actions if isinstance(a, RevertTraffic)]
+        stops: list[Action] = [a for a in actions if isinstance(a, StopNew)]
+        if stops:
+            ordered.append(stops)
+        ordered += [[a] for a in actions if isinstance(a, Finish)]
+        return ordered
     batches: list[list[Action]] = []
     for action in actions:
         if isinstance(action, StopOld) and batches and isinstance(batches[-1][0], StopOld):
