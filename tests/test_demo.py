@@ -24,9 +24,14 @@ def test_demo_runs_from_any_folder_and_cleans_up(tmp_path: Path) -> None:
     result = airlock(
         "demo", "--format", "json", cwd=tmp_path, timeout=300, env={"TMPDIR": str(tmp_path)}
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The demo exits 1 when it misses one of its own targets, the time ones included; a busy
+    # machine may make it slower, so this test checks what happened, not how fast.
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout)
     steps = {s["name"]: s for s in summary["steps"]}
+    timed = {"total_seconds", "rollback_seconds"}
+    missed = [name for name, t in summary["targets"].items() if not t["met"] and name not in timed]
+    assert missed == [], summary["targets"]
     assert [s["outcome"] for s in summary["steps"]] == [
         "succeeded",
         "succeeded",
