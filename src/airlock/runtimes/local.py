@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from airlock.runtimes.agent import (
     read_json,
     service_log_file,
 )
+from airlock.runtimes.control import AgentInfo, NoAnswer, decode_reply, encode_request, status_from
 
 if TYPE_CHECKING:
     from airlock.model import LocalRuntimeModel, Project
@@ -77,17 +78,6 @@ _REPLY_LIMIT = 16 * 1024 * 1024
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-@dataclass(frozen=True)
-class _AgentInfo:
-    pid: int
-    port: int
-    token: str
-
-
-class _NoAnswer(Exception):
-    """The agent could not be reached or did not answer."""
-
-
 # -- module-level helpers ----------------------------------------------------------------------
 
 
@@ -103,7 +93,7 @@ def agent_running(env_dir: Path) -> bool:
         return False
     try:
         _sync_call(info, {"op": "ping"}, timeout=2.0)
-    except _NoAnswer:
+    except NoAnswer:
         return False
     return True
 
@@ -122,7 +112,7 @@ def stop_environment(env_dir: Path) -> bool:
             with contextlib.suppress(OSError):
                 (env_dir / AGENT_FILE).unlink()
         return False
-    with contextlib.suppress(_NoAnswer):
+    with contextlib.suppress(NoAnswer):
         _sync_call(info, {"op": "shutdown"}, timeout=SHUTDOWN_TIMEOUT)
     if not _wait_gone(info.pid, SHUTDOWN_TIMEOUT):
         # the agent does not answer or hangs: signal it, then clean up behind it
@@ -141,14 +131,8 @@ def stop_environment(env_dir: Path) -> bool:
     return True
 
 
-def _read_agent_info(env_dir: Path) -> _AgentInfo | None:
-    data = read_json(env_dir / AGENT_FILE)
-    if not isinstance(data, dict):
-        return None
-    pid, port, token = data.get("pid"), data.get("port"), data.get("token")
-    if not isinstance(pid, int) or not isinstance(port, int) or not isinstance(token, str):
-        return None
-    return _AgentInfo(pid, port, token)
+def _read_agent_info(env_dir: Path) -> AgentInfo | None:
+    return AgentInfo.from_json(read_json(env_dir / AGENT_FILE))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -184,47 +168,31 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def _encode(info: _AgentInfo, request: dict[str, Any]) -> bytes:
-    return json.dumps({**request, "token": info.token}).encode() + b"\n"
-
-
-def _decode(line: bytes) -> dict[str, Any]:
-    if not line:
-        raise _NoAnswer("the agent closed the connection without answering")
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        raise _NoAnswer("the agent sent an unreadable answer") from None
-    if not isinstance(reply, dict):
-        raise _NoAnswer("the agent sent an unreadable answer")
-    return reply
-
-
-def _sync_call(info: _AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _sync_call(info: AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         with socket.create_connection(("127.0.0.1", info.port), timeout=timeout) as sock:
-            sock.sendall(_encode(info, request))
+            sock.sendall(encode_request(info.token, request))
             with sock.makefile("rb") as stream:
-                return _decode(stream.readline(_REPLY_LIMIT))
+                return decode_reply(stream.readline(_REPLY_LIMIT))
     except OSError as exc:
-        raise _NoAnswer(exc.strerror or str(exc) or type(exc).__name__) from None
+        raise NoAnswer(exc.strerror or str(exc) or type(exc).__name__) from None
 
 
-async def _async_call(info: _AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+async def _async_call(info: AgentInfo, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", info.port, limit=_REPLY_LIMIT), 5.0
         )
     except (OSError, TimeoutError) as exc:
-        raise _NoAnswer(getattr(exc, "strerror", None) or "cannot connect") from None
+        raise NoAnswer(getattr(exc, "strerror", None) or "cannot connect") from None
     try:
-        writer.write(_encode(info, request))
+        writer.write(encode_request(info.token, request))
         await writer.drain()
-        return _decode(await asyncio.wait_for(reader.readline(), timeout))
+        return decode_reply(await asyncio.wait_for(reader.readline(), timeout))
     except TimeoutError:
-        raise _NoAnswer(f"no answer within {timeout:g} s") from None
+        raise NoAnswer(f"no answer within {timeout:g} s") from None
     except (OSError, ValueError) as exc:
-        raise _NoAnswer(getattr(exc, "strerror", None) or str(exc)) from None
+        raise NoAnswer(getattr(exc, "strerror", None) or str(exc)) from None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -270,7 +238,7 @@ class LocalRuntime:
         self.env_dir = Path(env_dir)
         self.env = env
         self.start_agent = start_agent
-        self._info: _AgentInfo | None = None
+        self._info: AgentInfo | None = None
 
     # -- Runtime protocol ---------------------------------------------------------------------
 
@@ -296,7 +264,7 @@ class LocalRuntime:
         result = await self._request(
             {"op": "start", "spec": asdict(spec)}, timeout=20.0, start=True
         )
-        return _status(result)
+        return status_from(result)
 
     async def probe(self, instance_id: str, path: str) -> ProbeResult:
         """GET ``path`` on the instance's own port (1 s timeout); 2xx is healthy."""
@@ -382,7 +350,7 @@ class LocalRuntime:
         if not await self._connected():
             return []
         result = await self._request({"op": "status"}, timeout=10.0)
-        return [_status(item) for item in result["instances"]]
+        return [status_from(item) for item in result["instances"]]
 
     async def endpoints(self) -> dict[str, Endpoint]:
         """The stable endpoint of every service that has one bound now."""
@@ -420,7 +388,7 @@ class LocalRuntime:
         info = await self._agent(start=start)
         try:
             reply = await _async_call(info, request, timeout)
-        except _NoAnswer as exc:
+        except NoAnswer as exc:
             self._info = None
             raise RuntimeFailure(
                 f"the agent of environment {self.env!r} (pid {info.pid}) did not answer "
@@ -440,7 +408,7 @@ class LocalRuntime:
             return False
         return True
 
-    async def _agent(self, *, start: bool) -> _AgentInfo:
+    async def _agent(self, *, start: bool) -> AgentInfo:
         if self._info is not None and _pid_alive(self._info.pid):
             return self._info
         self._info = None
@@ -455,17 +423,17 @@ class LocalRuntime:
         self._info = info
         return info
 
-    async def _find_agent(self) -> _AgentInfo | None:
+    async def _find_agent(self) -> AgentInfo | None:
         info = _read_agent_info(self.env_dir)
         if info is None or not _pid_alive(info.pid):
             return None
         try:
             reply = await _async_call(info, {"op": "ping"}, timeout=2.0)
-        except _NoAnswer:
+        except NoAnswer:
             return None
         return info if reply.get("ok") else None
 
-    async def _launch_agent(self) -> _AgentInfo:
+    async def _launch_agent(self) -> AgentInfo:
         self.env_dir.mkdir(parents=True, exist_ok=True)
         stale = _read_agent_info(self.env_dir)
         log_file = self.env_dir / _AGENT_LOG
@@ -508,7 +476,7 @@ class LocalRuntime:
         while time.monotonic() < deadline:
             info = _read_agent_info(self.env_dir)
             if info is not None and info != stale and _pid_alive(info.pid):
-                with contextlib.suppress(_NoAnswer):
+                with contextlib.suppress(NoAnswer):
                     reply = await _async_call(info, {"op": "ping"}, timeout=2.0)
                     if reply.get("ok"):
                         return info
@@ -564,22 +532,6 @@ def _local_client(timeout: float) -> httpx.AsyncClient:
     context (loading the CA bundle costs ~70 ms a client, and the bake polls every instance
     several times a second)."""
     return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=False)
-
-
-def _status(data: dict[str, Any]) -> InstanceStatus:
-    rss = data.get("rss_bytes")
-    return InstanceStatus(
-        instance_id=str(data["instance_id"]),
-        service=str(data["service"]),
-        pid=data.get("pid"),
-        port=int(data["port"]),
-        running=bool(data["running"]),
-        exits=int(data.get("exits", 0)),
-        last_exit_code=data.get("last_exit_code"),
-        serving=bool(data.get("serving", False)),
-        rss_bytes=rss if isinstance(rss, int) else None,
-        where=str(data.get("where") or ""),
-    )
 
 
 def _explain(body: str) -> str:
