@@ -35,9 +35,14 @@ def test_a_release_sealed_from_uncommitted_changes_says_so(tmp_path: Path) -> No
     assert clean.version == "v1"
     (repo.root / "app" / "webapp.py").write_text("# changed\n", encoding="utf-8")
     dirty, _ = api.build(repo.root, "v2")
-    assert dirty.version == "v2+dirty"
+    assert dirty.label == "v2+dirty" and dirty.version == "v2"
     plan = airlock("plan", "staging", cwd=repo.root)
     assert "v2+dirty" in plan.stdout, plan.stdout
+    listed = airlock("release", "list", cwd=repo.root)
+    assert "v2+dirty" in listed.stdout
+    repo.commit("Change the app", "2026-11-03T10:00:00+00:00")
+    committed, new = api.build(repo.root, "v2")  # the same content, now committed
+    assert committed.id == dirty.id and not new and committed.label == "v2"
 
 
 def test_deploy_warns_when_the_working_tree_moved_on_and_skips_the_bake_of_no_change(

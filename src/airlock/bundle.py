@@ -187,6 +187,12 @@ class Bundle:
         return str(self.manifest["version"])
 
     @property
+    def label(self) -> str:
+        """How the release is named for people: its version, with ``+dirty`` when it was sealed
+        from uncommitted changes (sealing the same content once committed drops it)."""
+        return f"{self.version}+dirty" if self.dirty else self.version
+
+    @property
     def created_at(self) -> str:
         return str(self.manifest["created_at"])
 
@@ -351,9 +357,6 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
     draft_id = content_id(content)
     source = git_source(root, relative_files)
     label = version or draft_id[:8]
-    if source.get("dirty") and not label.endswith("+dirty"):
-        # sealed from uncommitted changes: say so wherever the release is named
-        label += "+dirty"
     content["version"] = label
     release_id = content_id(content)
     for other in list_releases(root):
@@ -430,7 +433,7 @@ def load_bundle(project_root: Path, ref: str) -> Bundle:
     """A sealed release by id, id prefix or version label."""
     folder = releases_dir(project_root)
     candidates = list_releases(project_root)
-    exact = [b for b in candidates if b.id == ref or b.version == ref]
+    exact = [b for b in candidates if ref in (b.id, b.version, b.label)]
     matches = exact or [b for b in candidates if b.id.startswith(ref)]
     if not matches:
         hint = (

@@ -239,7 +239,7 @@ def release_build(
         return
     verb = "sealed" if new else "already sealed"
     console.print(
-        f"[green]✓[/] {verb} release [bold]{bundle.id}[/] ({bundle.version}): "
+        f"[green]✓[/] {verb} release [bold]{bundle.id}[/] ({bundle.label}): "
         f"{len(bundle.manifest['files'])} files, {len(bundle.manifest['services'])} services"
     )
     console.print(f"  {bundle.path}")
@@ -259,7 +259,7 @@ def release_list(project: Path | None = ProjectOption, format: Format = FormatOp
     for b in bundles:
         table.add_row(
             b.id,
-            b.version,
+            b.label,
             b.created_at,
             str(b.manifest.get("created_by")),
             str(len(b.manifest["files"])),
@@ -281,7 +281,7 @@ def release_show(
         return
     summary = bundle.summary()
     console.print(
-        f"[bold]{bundle.id}[/] ({bundle.version}) sealed {summary['created_at']} "
+        f"[bold]{bundle.id}[/] ({bundle.label}) sealed {summary['created_at']} "
         f"by {summary['created_by']}"
     )
     if bundle.commit:

@@ -189,7 +189,7 @@ def planned(bundle: Bundle, env: str, store: StateStore) -> Plan:
     return make_plan(
         env=env,
         release=bundle.id,
-        version=bundle.version,
+        version=bundle.label,
         project=project,
         digests=bundle.digests(env),
         config=bundle.config(env),
@@ -456,7 +456,7 @@ class _Drive:
             env=self.resolved[service],
             secret_keys=tuple(sorted(secret_keys(self.config[service]))),
         )
-        self._emit("start", service, f"{service}: starting {self.bundle.version}")
+        self._emit("start", service, f"{service}: starting {self.bundle.label}")
         try:
             status = await self.runtime.start(spec)
         except AirlockError as exc:
@@ -468,7 +468,7 @@ class _Drive:
     async def run(self, secrets_: Mapping[str, str]) -> Finish:
         self.resolved = await self.bind(secrets_)
         self._emit(
-            "plan", None, f"deploying {self.bundle.version} ({self.bundle.id}) to {self.env}"
+            "plan", None, f"deploying {self.bundle.label} ({self.bundle.id}) to {self.env}"
         )
         if not self.plan.changes_something:
             self._emit("plan", None, "nothing changes: no service starts, so there is no bake")
@@ -915,7 +915,7 @@ async def deploy_async(
             env=env,
             kind=kind,
             release_id=bundle.id,
-            version=bundle.version,
+            version=bundle.label,
             previous_release_id=plan.previous_release,
             plan=plan.to_dict(),
         )
@@ -1081,7 +1081,7 @@ async def _result(drive: _Drive, kind: str, started: float) -> DeployResult:
         deployment_id=drive.deployment_id,
         env=drive.env,
         release=drive.bundle.id,
-        version=drive.bundle.version,
+        version=drive.bundle.label,
         kind=kind,
         outcome=drive.finished.outcome,
         reason=drive._reason() if drive.finished.outcome != "succeeded" else None,

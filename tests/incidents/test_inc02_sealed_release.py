@@ -79,5 +79,5 @@ def test_migrations_are_sealed_too(make_project: ProjectFactory, tmp_path: Path)
     assert "db/migrations/V1__init.sql" in first.manifest["files"]
     assert first.manifest["migrations"] == ["db/migrations/V1__init.sql"]
     migration.write_text("CREATE TABLE t (id bigint PRIMARY KEY, note text);\n")
-    second, _ = api.build(project, "v1")
+    second, _ = api.build(project)  # "v1" again would be refused: it names the first content
     assert second.id != first.id
