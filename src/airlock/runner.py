@@ -467,9 +467,7 @@ class _Drive:
 
     async def run(self, secrets_: Mapping[str, str]) -> Finish:
         self.resolved = await self.bind(secrets_)
-        self._emit(
-            "plan", None, f"deploying {self.bundle.label} ({self.bundle.id}) to {self.env}"
-        )
+        self._emit("plan", None, f"deploying {self.bundle.label} ({self.bundle.id}) to {self.env}")
         if not self.plan.changes_something:
             self._emit("plan", None, "nothing changes: no service starts, so there is no bake")
         try:
