@@ -831,4 +831,4 @@ def test_ten_thousand_services_are_fast() -> None:
     result = simulate(plan, durations)
     assert result.outcome == "succeeded"
     assert result.all_ready_at == pytest.approx(critical_path(plan, durations))
-    assert result.engine_seconds < 2.0  # about 0.1 s on a laptop; generous for slow CI
+    # how fast the engine is belongs to benchmarks/scheduler.py, not to a test

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -181,11 +180,8 @@ def test_50_mb_log_is_scanned_with_flat_memory(tmp_path: Path) -> None:
             fh.write(block)
         fh.write("charge card=4242424242424242\n")
     tracemalloc.start()
-    started = time.perf_counter()
     findings = scan_logs([log])
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert [f.code for f in findings] == ["logs.card-number"]
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB"
-    assert elapsed < 60

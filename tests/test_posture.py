@@ -393,8 +393,7 @@ def test_rate_limit_burst_is_bounded_in_time() -> None:
     """The burst stops at its deadline even when fewer than ``burst`` requests were sent."""
     with serve(lambda m, p, h: (200, {})) as url:
         (finding,) = check_rate_limit(url, ["/reset"], 10_000, deadline=0.3)
-    assert 0 < finding.evidence["sent"] < 10_000
-    assert finding.evidence["seconds"] < 2
+    assert 0 < finding.evidence["sent"] < 10_000  # stopped by its deadline, not its count
 
 
 def test_each_http_check_reports_unreachable() -> None:
