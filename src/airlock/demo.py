@@ -41,7 +41,7 @@ from airlock import api
 from airlock.db.target import embedded_server
 from airlock.errors import UsageError
 from airlock.runner import DeployResult, ProgressEvent
-from airlock.traffic import Request, TrafficGenerator, phoenix_requests
+from airlock.traffic import Request, TrafficGenerator, Window, phoenix_requests
 
 if TYPE_CHECKING:
     from airlock.testbed import Fleet
@@ -210,16 +210,7 @@ def run_demo(
             if step.version != "v1" and not (project / ".applied" / step.version).exists():
                 _apply_overlay(overlays / step.version, project)
                 (project / ".applied" / step.version).mkdir(parents=True)
-            bundle, _ = api.build(project, step.version)
-            step.release = bundle.id
-            say(f"\n[bold]▸ {step.name}[/] (release {bundle.id})")
-            window = traffic.window(step.name)
-            started = time.monotonic()
-            result = api.deploy(project, step.env, bundle.id, progress=on_event)
-            step.seconds = time.monotonic() - started
-            _record(step, result)
-            step.served, step.failed = window.served, window.failed
-            step.failure_samples = list(window.samples)
+            result, window = _run_step(project, step, traffic, on_event, say)
             if result.outcome == "succeeded" and step.env not in live:
                 live.add(step.env)
                 traffic.add(phoenix_requests(result.endpoints))
@@ -228,7 +219,7 @@ def run_demo(
                 f"in {step.seconds:.1f}s" + (f": {step.reason}" if step.reason else "")
             )
             if step.env == "staging":
-                _gates(project, bundle.id, summary, say)
+                _gates(project, step.release, summary, say)
                 if summary.gonogo.get("verdict") != "GO":
                     say("  [red]✗ NO-GO: v1 is not promoted[/]")
                     break
@@ -281,6 +272,28 @@ def _gates(project: Path, release: str, summary: DemoSummary, say: Any) -> None:
         f"  [bold {colour}]{report.verdict}[/] (its report is written in the workspace; "
         "`airlock demo --keep` keeps it)"
     )
+
+
+def _run_step(
+    project: Path,
+    step: Step,
+    traffic: TrafficGenerator,
+    on_event: Callable[[ProgressEvent], None],
+    say: Callable[[str], None],
+) -> tuple[DeployResult, Window]:
+    """Seal the step's version and deploy it under traffic; the step records how it went.
+    Returns the deploy's result and the traffic window it opened (it goes on counting)."""
+    bundle, _ = api.build(project, step.version)
+    step.release = bundle.id
+    say(f"\n[bold]▸ {step.name}[/] (release {bundle.id})")
+    window = traffic.window(step.name)
+    started = time.monotonic()
+    result = api.deploy(project, step.env, bundle.id, progress=on_event)
+    step.seconds = time.monotonic() - started
+    _record(step, result)
+    step.served, step.failed = window.served, window.failed
+    step.failure_samples = list(window.samples)
+    return result, window
 
 
 def _record(step: Step, result: DeployResult) -> None:
@@ -532,16 +545,7 @@ def run_fleet_demo(
         for step in steps:
             if step.version != "v1":
                 _apply_overlay(example / "releases" / step.version, project)
-            bundle, _ = api.build(project, step.version)
-            step.release = bundle.id
-            say(f"\n[bold]▸ {step.name}[/] (release {bundle.id})")
-            window = traffic.window(step.name)
-            started = time.monotonic()
-            result = api.deploy(project, step.env, bundle.id, progress=on_event)
-            step.seconds = time.monotonic() - started
-            _record(step, result)
-            step.served, step.failed = window.served, window.failed
-            step.failure_samples = list(window.samples)
+            result, window = _run_step(project, step, traffic, on_event, say)
             if step.version == "v1" and result.outcome == "succeeded":
                 summary.ports = _stable_ports(project)
                 traffic.add(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -54,7 +53,14 @@ from airlock.runtimes.agent import (
     read_json,
     service_log_file,
 )
-from airlock.runtimes.control import AgentInfo, NoAnswer, decode_reply, encode_request, status_from
+from airlock.runtimes.control import (
+    AgentInfo,
+    NoAnswer,
+    decode_reply,
+    encode_request,
+    explain,
+    status_from,
+)
 
 if TYPE_CHECKING:
     from airlock.model import LocalRuntimeModel, Project
@@ -319,7 +325,7 @@ class LocalRuntime:
         text = data[:FETCH_LIMIT].decode(response.encoding or "utf-8", errors="replace")
         detail = f"GET {path} → {response.status_code}"
         if not 200 <= response.status_code < 300:
-            body = _explain(text)
+            body = explain(text)
             detail += f": {body}" if body else ""
         return instance, FetchResult(response.status_code, detail, text, truncated)
 
@@ -532,16 +538,3 @@ def _local_client(timeout: float) -> httpx.AsyncClient:
     context (loading the CA bundle costs ~70 ms a client, and the bake polls every instance
     several times a second)."""
     return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=False)
-
-
-def _explain(body: str) -> str:
-    """The useful part of a failed probe's body: a JSON ``reason``/``error``, else its start."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("reason", "error", "message", "detail"):
-            if isinstance(data.get(key), str) and data[key].strip():
-                return str(data[key]).strip()[:200]
-    return " ".join(body.split())[:200]
