@@ -490,9 +490,16 @@ class FleetHost:
         _call(["ip", "link", "set", self.veth, "down"])
 
     def restore_link(self) -> None:
-        """Bring the host back on the network; returns once the bridge forwards to it."""
+        """Bring the host back on the network; returns once its sshd answers from here.
+
+        The root namespace remembers the address as unresolvable (a FAILED neighbour entry)
+        from the tries made while the link was down; that entry goes, so the first connection
+        after this returns does not fail for a stale reason.
+        """
         _call(["ip", "link", "set", self.veth, "up"])
         self._wait(self.link_up, "its link to come up")
+        _call(["ip", "neigh", "flush", "to", self.address])
+        self._wait(self._reachable, "its sshd to answer over the bridge")
 
     def link_up(self) -> bool:
         base = Path("/sys/class/net") / self.veth
@@ -561,6 +568,14 @@ class FleetHost:
             len(fields) > 3 and fields[1] == wanted and fields[3] == "0A"
             for fields in (line.split() for line in lines)
         )
+
+    def _reachable(self) -> bool:
+        """Whether a TCP connection to the host's sshd opens from the root namespace."""
+        try:
+            with socket.create_connection((self.address, self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     def _wait(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
