@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from _setup import compile_airlock
+
 ROOT = Path(__file__).resolve().parents[1]
 WEBAPP = ROOT / "tests" / "fixtures" / "webapp.py"
 AIRLOCK = [sys.executable, "-c", "from airlock.entry import main; main()"]
@@ -41,6 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
+    compile_airlock()
     workspace = Path(tempfile.mkdtemp(prefix="airlock-cli-start-"))
     try:
         (workspace / "app").mkdir()

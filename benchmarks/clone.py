@@ -43,7 +43,7 @@ def run(rows: int) -> dict[str, Any]:
             results: dict[str, Any] = {"rows": rows, "database_mb": round(size / 2**20, 1)}
             for method in ("template", "dump"):
                 name = f"clone_{method}"
-                used, seconds = clone(url, name, method)  # type: ignore[arg-type]
+                used, seconds = clone(url, name, method)
                 assert used == method
                 results[f"{method}_seconds"] = round(seconds, 3)
                 drop(url, name)

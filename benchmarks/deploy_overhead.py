@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from _setup import compile_airlock
+
 ROOT = Path(__file__).resolve().parents[1]
 WEBAPP = ROOT / "tests" / "fixtures" / "webapp.py"
 AIRLOCK = [sys.executable, "-c", "from airlock.entry import main; main()"]
@@ -79,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    compile_airlock()
     workspace = Path(tempfile.mkdtemp(prefix="airlock-overhead-"))
     times = []
     try:

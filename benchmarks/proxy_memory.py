@@ -195,7 +195,7 @@ async def deploy(rt: LocalRuntime, folder: Path) -> int:
     """Bind the stable port, start the backend, wait until it answers, switch to it."""
     script = folder / "backend.py"
     script.write_text(BACKEND)
-    port = await rt.endpoint("sink", None)
+    port = (await rt.endpoint("sink", None)).port
     spec = InstanceSpec(
         service="sink", instance_id="sink-1", argv=(sys.executable, str(script)), cwd=str(folder)
     )

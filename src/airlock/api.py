@@ -31,6 +31,7 @@ from airlock.model import (
     Project,
     find_project_file,
     load_project,
+    migrates,
     require_env,
 )
 from airlock.plan import Plan
@@ -218,6 +219,8 @@ def plan(project: PathLike, env: str, release_ref: str | None = None) -> Plan:
     bundle = find_release(root, release_ref)
     with open_state(root) as store:
         result = planned(bundle, env, store)
+    if not migrates(bundle.project, env):
+        return result
     from airlock.db import api as db
     from airlock.db.target import release_target
 

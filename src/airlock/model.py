@@ -577,6 +577,16 @@ def require_env(project: Project, env: str) -> None:
         raise UsageError(f"no environment {env!r} in {project.file}", hint=f"environments: {known}")
 
 
+def migrates(project: Project, env: str) -> bool:
+    """Whether a release of ``project`` has migrations to run on ``env``'s database."""
+    database = project.database
+    return (
+        database is not None
+        and bool(database.migrations)
+        and project.environments[env].database is not None
+    )
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of ``airlock.yaml``, for editors and CI validation."""
     schema = Project.model_json_schema()

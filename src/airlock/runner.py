@@ -75,7 +75,7 @@ from airlock.errors import (
 )
 from airlock.findings import Severity
 from airlock.masking import Masker
-from airlock.model import Project, Reference, require_env, substitute
+from airlock.model import Project, Reference, migrates, require_env, substitute
 from airlock.plan import DeployedService, Plan, make_plan, secret_keys
 from airlock.runtimes import (
     Endpoint,
@@ -95,6 +95,9 @@ LAST_WORDS = 3
 Unit = tuple[str, str]
 
 POLL_SECONDS = 0.05
+#: While services start, readiness is probed this often: each poll's wait is added to the
+#: critical path of the rollout, once per level of the dependency graph.
+START_POLL_SECONDS = 0.02
 BAKE_POLL_SECONDS = 0.2
 PROBE_DETAIL_CHARS = 160
 
@@ -506,7 +509,7 @@ class _Drive:
             if deadline is not None and self.clock() >= deadline:
                 await self.feed(Tick(self.clock()))
                 continue
-            await self.sleep(POLL_SECONDS)
+            await self.sleep(START_POLL_SECONDS if phase is ReleasePhase.STARTING else POLL_SECONDS)
 
     async def _probe_starting(self) -> None:
         starting = [
@@ -834,6 +837,8 @@ def _migrate_first(drive: _Drive, project_root: Path) -> None:
     linter enforces), so a release that fails later rolls its services back and leaves the schema
     as migrated: no write made since is thrown away.
     """
+    if not migrates(drive.bundle.project, drive.env):
+        return  # and the database modules (psycopg, pglast) stay unimported
     from airlock.db import api as db
     from airlock.db.target import release_target
 

@@ -20,7 +20,14 @@ from airlock.db.migrate import Settings
 from airlock.db.server import EmbeddedServer
 from airlock.errors import SecretError, UsageError
 from airlock.masking import Masker
-from airlock.model import Project, Reference, references, require_env, substitute
+from airlock.model import (
+    Project,
+    Reference,
+    migrates,
+    references,
+    require_env,
+    substitute,
+)
 from airlock.paths import env_dir
 from airlock.secrets import SecretResolver, resolver
 
@@ -118,11 +125,7 @@ def release_target(bundle: Bundle, env: str, state_root: Path) -> Target | None:
     """``env``'s database with the release's *sealed* migrations (not the working tree's), or
     None when the release has no migrations or the environment no database."""
     project = bundle.project
-    if (
-        project.database is None
-        or not project.database.migrations
-        or project.environments[env].database is None
-    ):
+    if not migrates(project, env) or project.database is None or not project.database.migrations:
         return None
     return resolve(
         project=project,
