@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from typing import NamedTuple
 
 import pytest
 
@@ -111,6 +112,42 @@ TRIGGERS = [
     ("lint.no-primary-key", "CREATE TABLE snapshot AS SELECT * FROM users;"),
     ("lint.ignore-without-reason", "-- airlock:ignore lint.breaking-change\nDROP TABLE users;"),
     ("lint.ignore-without-reason", "-- airlock:ignore because I said so\nSELECT 1;"),
+    ("lint.index-not-concurrent", "REINDEX SCHEMA public;"),
+    (
+        "lint.volatile-default",
+        "ALTER TABLE users ADD COLUMN prefs jsonb DEFAULT default_prefs();",
+    ),
+    ("lint.volatile-default", "ALTER TABLE users ADD COLUMN code text DEFAULT app.lower('X');"),
+    (
+        "lint.volatile-default",
+        "ALTER TABLE users ADD COLUMN code text DEFAULT md5(random()::text);",
+    ),
+    (
+        "lint.unique-constraint-without-index",
+        "ALTER TABLE users ADD CONSTRAINT no_overlap EXCLUDE USING gist (during WITH &&);",
+    ),
+    (
+        "lint.table-rewrite",
+        "ALTER TABLE users ALTER COLUMN total SET EXPRESSION AS (price * qty);",
+    ),
+    ("lint.breaking-change", "TRUNCATE users CASCADE;"),
+    ("lint.breaking-change", "DROP DATABASE app;"),
+    (
+        "lint.concurrent-in-transaction",
+        "BEGIN;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nCOMMIT;",
+    ),
+    (
+        "lint.concurrent-in-transaction",
+        "START TRANSACTION;\nALTER TABLE users ADD COLUMN nick text;\n"
+        "DROP INDEX CONCURRENTLY users_email;\nCOMMIT;",
+    ),
+    ("lint.detach-partition-not-concurrent", "ALTER TABLE events DETACH PARTITION events_2023;"),
+    (
+        "lint.domain-constraint",
+        "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0);",
+    ),
+    ("lint.domain-constraint", "ALTER DOMAIN positive VALIDATE CONSTRAINT positive_check;"),
+    ("lint.domain-constraint", "ALTER DOMAIN app.positive SET NOT NULL;"),
 ]
 
 # ... and the safe form of the same change, which must not trigger it.
@@ -185,6 +222,52 @@ SAFE = [
         "lint.ignore-without-reason",
         "-- airlock:ignore lint.breaking-change the table was unused since 2.3\nDROP TABLE users;",
     ),
+    ("lint.index-not-concurrent", "REINDEX SYSTEM app;"),
+    ("lint.volatile-default", "ALTER TABLE users ADD COLUMN code text DEFAULT lower('ABC');"),
+    ("lint.volatile-default", "ALTER TABLE users ADD COLUMN n int DEFAULT 2 + 2;"),
+    (
+        "lint.volatile-default",
+        "ALTER TABLE users ADD COLUMN at timestamptz DEFAULT pg_catalog.now();",
+    ),
+    (
+        "lint.volatile-default",
+        "ALTER TABLE users ADD COLUMN at timestamptz DEFAULT CURRENT_TIMESTAMP;",
+    ),
+    (
+        "lint.volatile-default",
+        "ALTER TABLE users ADD COLUMN at timestamp DEFAULT timezone('utc', now());",
+    ),
+    ("lint.volatile-default", "ALTER TABLE users ADD COLUMN meta jsonb DEFAULT '{}'::jsonb;"),
+    ("lint.table-rewrite", "ALTER TABLE users ALTER COLUMN total DROP EXPRESSION;"),
+    ("lint.breaking-change", "TRUNCATE users;"),
+    (
+        "lint.concurrent-in-transaction",
+        "CREATE INDEX CONCURRENTLY users_email ON users (email);",
+    ),
+    (
+        "lint.concurrent-in-transaction",
+        "BEGIN;\nALTER TABLE users ADD COLUMN nick text;\nCOMMIT;\n"
+        "CREATE INDEX CONCURRENTLY users_nick ON users (nick);",
+    ),
+    (
+        "lint.detach-partition-not-concurrent",
+        "ALTER TABLE events DETACH PARTITION events_2023 CONCURRENTLY;",
+    ),
+    (
+        "lint.detach-partition-not-concurrent",
+        "ALTER TABLE events DETACH PARTITION events_2023 FINALIZE;",
+    ),
+    (
+        "lint.domain-constraint",
+        "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0) NOT VALID;",
+    ),
+    ("lint.domain-constraint", "ALTER DOMAIN positive DROP NOT NULL;"),
+    (
+        "lint.domain-constraint",
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);\n"
+        "ALTER DOMAIN positive ADD CONSTRAINT below_100 CHECK (VALUE < 100);\n"
+        "ALTER DOMAIN positive SET NOT NULL;",
+    ),
 ]
 
 
@@ -206,11 +289,13 @@ def test_every_rule_has_a_trigger_and_a_safe_form() -> None:
     assert {code for code, _ in SAFE} == set(RULES)
 
 
-# Rules about the design of a table, not about locking it: they apply to new tables too.
+# Rules about the design of a table, not about locking it, and statements that fail whatever
+# the table: they apply to new tables too.
 DESIGN_RULES = {
     "lint.timestamp-without-time-zone",
     "lint.no-primary-key",
     "lint.ignore-without-reason",
+    "lint.concurrent-in-transaction",
 }
 LOCKING = [sql for code, sql in TRIGGERS if code not in DESIGN_RULES and "users" in sql]
 
@@ -220,7 +305,8 @@ def test_tables_created_earlier_in_the_file_are_exempt(sql: str) -> None:
     """A table created earlier in the same file is new, so locking rules ignore it."""
     create = (
         "CREATE TABLE users (id int PRIMARY KEY, email text, age int, org_id int,"
-        " seen timestamptz);\n"
+        " seen timestamptz, during tstzrange, price int, qty int,"
+        " total int GENERATED ALWAYS AS (price * qty) STORED);\n"
         "CREATE INDEX users_email ON users (email);\nCREATE VIEW active_users AS SELECT 1;\n"
     )
     assert codes(create + sql) == []
@@ -476,3 +562,391 @@ def test_lint_files_reports_syntax_errors() -> None:
     """A pending file that does not parse stops linting with its file and line."""
     with pytest.raises(MigrationSyntaxError, match=r"V2\.sql:2:1"):
         lint_files([("V1.sql", "SELECT 1;"), ("V2.sql", "SELECT 1;\nSELEC 2;")])
+
+
+# -- what a file creates -------------------------------------------------------------------
+
+NEW_TABLE = "CREATE TABLE t (id bigint PRIMARY KEY, a int, b text UNIQUE, user_id bigint);\n"
+
+SAME_FILE_IS_SAFE = [
+    pytest.param("CREATE INDEX ON t (a);", id="unnamed index"),
+    pytest.param("CREATE UNIQUE INDEX t_a ON t (a);", id="named unique index"),
+    pytest.param("CREATE INDEX ON t (a);\nDROP INDEX t_a_idx;", id="drop of a made-up name"),
+    pytest.param(
+        "CREATE INDEX ON t (a);\nCREATE INDEX ON t (a);\nDROP INDEX t_a_idx1;",
+        id="made-up name taken: a number is added",
+    ),
+    pytest.param("CREATE INDEX ON t (lower(b), a);\nDROP INDEX t_lower_a_idx;", id="expression"),
+    pytest.param("REINDEX INDEX t_pkey;\nREINDEX INDEX t_b_key;", id="constraint indexes"),
+    pytest.param("CREATE INDEX t_a ON t (a);\nALTER INDEX t_a RENAME TO t_a2;\nDROP INDEX t_a2;"),
+    pytest.param(
+        "ALTER TABLE t ADD CONSTRAINT t_user_fk FOREIGN KEY (user_id) REFERENCES users (id);",
+        id="validated foreign key",
+    ),
+    pytest.param("ALTER TABLE t ADD COLUMN org_id bigint REFERENCES orgs (id);"),
+    pytest.param("ALTER TABLE t ADD CONSTRAINT a_positive CHECK (a > 0);"),
+    pytest.param("ALTER TABLE t ADD COLUMN plan text NOT NULL;", id="required column"),
+    pytest.param("ALTER TABLE t ALTER COLUMN a SET NOT NULL;"),
+    pytest.param("ALTER TABLE t ADD COLUMN token uuid DEFAULT gen_random_uuid();"),
+    pytest.param("ALTER TABLE t ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY;"),
+    pytest.param("ALTER TABLE t ADD CONSTRAINT t_a_key UNIQUE (a);\nDROP INDEX t_a_key;"),
+    pytest.param("ALTER TABLE t ALTER COLUMN a TYPE bigint;"),
+    pytest.param("ALTER TABLE t RENAME COLUMN a TO c;\nALTER TABLE t DROP COLUMN c;"),
+    pytest.param("TRUNCATE t CASCADE;"),
+    pytest.param("CREATE TABLE t_x PARTITION OF t DEFAULT;\nALTER TABLE t DETACH PARTITION t_x;"),
+]
+
+
+@pytest.mark.parametrize("sql", SAME_FILE_IS_SAFE)
+def test_statements_on_a_table_the_file_created_are_not_lock_risks(sql: str) -> None:
+    """The file's new table is empty and unknown to the running version: nothing to report."""
+    assert codes(NEW_TABLE + sql) == []
+
+
+@pytest.mark.parametrize("sql", SAME_FILE_IS_SAFE)
+def test_the_same_statements_on_an_existing_table_are_reported(sql: str) -> None:
+    """Without the CREATE TABLE, t is an existing table and each of them is reported."""
+    assert codes(sql) != []
+
+
+def test_an_earlier_file_makes_indexes_new_too() -> None:
+    """An index a previous pending file created, even under a made-up name, may be dropped."""
+    findings = lint_files(
+        [
+            ("V1.sql", NEW_TABLE + "CREATE INDEX ON t (a);"),
+            ("V2.sql", "DROP INDEX t_a_idx;\nREINDEX INDEX t_b_key;"),
+        ]
+    )
+    assert findings == []
+
+
+def test_an_index_of_an_existing_table_stays_existing() -> None:
+    """Only the names PostgreSQL would give the new table's indexes are exempt."""
+    assert codes(NEW_TABLE + "DROP INDEX users_email;") == ["lint.index-not-concurrent"]
+    assert codes(NEW_TABLE + "DROP INDEX t_a_idx;") == ["lint.index-not-concurrent"]
+    # users_email_idx may exist already, and then PostgreSQL names the new one users_email_idx1
+    sql = "CREATE INDEX CONCURRENTLY ON users (email);\nDROP INDEX users_email_idx;"
+    assert codes(sql) == ["lint.index-not-concurrent"]
+
+
+CREATES = [
+    "CREATE TABLE t (id bigint PRIMARY KEY, a int UNIQUE, b text, c int, UNIQUE (b, c));\n"
+    "CREATE INDEX ON t (a);\nCREATE INDEX ON t (a);\nCREATE INDEX ON t (lower(b), c);",
+    "CREATE TABLE t (id int, box box, EXCLUDE USING gist (box WITH &&));\n"
+    "ALTER TABLE t ADD PRIMARY KEY (id);\nALTER TABLE t ADD COLUMN code text UNIQUE;",
+    f"CREATE TABLE {'long_' * 12}table (id int PRIMARY KEY, {'column_' * 8}name int UNIQUE);\n"
+    f"CREATE INDEX ON {'long_' * 12}table ({'column_' * 8}name, id);",
+]
+
+
+@pytest.mark.parametrize("create", CREATES)
+def test_made_up_index_names_match_postgresql(pg_url: str, create: str) -> None:
+    """Every index PostgreSQL creates for the file, under the name it picks, is known as new."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(create)
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+            )
+        ]
+    assert len(names) >= 3
+    drops = "".join(f'\nDROP INDEX "{name}";' for name in names)
+    assert codes(create + drops) == []
+
+
+def test_known_volatility_matches_pg_proc(pg_url: str) -> None:
+    """The built-ins the linter treats as safe defaults are STABLE or IMMUTABLE in every
+    overload, and the volatile ones it names are VOLATILE (those the core server has)."""
+    import psycopg
+
+    from airlock.db.lint import _NON_VOLATILE_FUNCTIONS, _VOLATILE_FUNCTIONS
+
+    query = (
+        "SELECT proname, string_agg(DISTINCT provolatile::text, '') FROM pg_proc "
+        "WHERE proname = ANY(%s) GROUP BY proname"
+    )
+    with psycopg.connect(pg_url) as conn:
+        safe: dict[str, str] = dict(
+            conn.execute(query, (sorted(_NON_VOLATILE_FUNCTIONS),)).fetchall()
+        )
+        volatile: dict[str, str] = dict(
+            conn.execute(query, (sorted(_VOLATILE_FUNCTIONS),)).fetchall()
+        )
+    assert set(safe) == _NON_VOLATILE_FUNCTIONS
+    assert all("v" not in kinds for kinds in safe.values()), safe
+    assert {"random", "clock_timestamp", "gen_random_uuid", "nextval"} <= set(volatile)
+    assert set(volatile.values()) == {"v"}
+
+
+def test_unknown_function_message_says_why() -> None:
+    """A default calling a function of unknown volatility is reported with that reason."""
+    [finding] = lint(
+        split("ALTER TABLE users ADD COLUMN prefs jsonb DEFAULT app.default_prefs();"),
+        file="f.sql",
+    )
+    assert finding.code == "lint.volatile-default"
+    assert "app.default_prefs()" in finding.message and "not known" in finding.message
+
+
+def test_concurrent_statement_in_a_block_names_the_begin() -> None:
+    """The finding points at the CONCURRENTLY statement and names the BEGIN's line."""
+    sql = (
+        "BEGIN;\nALTER TABLE users ADD COLUMN nick text;\n"
+        "CREATE INDEX CONCURRENTLY i ON users (nick);"
+    )
+    [finding] = lint(split(sql), file="f.sql")
+    assert finding.code == "lint.concurrent-in-transaction"
+    assert finding.location is not None and finding.location.line == 3
+    assert "line 1" in finding.message
+
+
+# -- agreement with squawk -------------------------------------------------------------------
+#
+# Each file below with the verdict squawk's rule documentation gives for it (the squawk rules
+# that fire, with `assume-in-transaction` on, since Airlock runs every file in a transaction;
+# squawk's style rules -- prefer-robust-stmts, prefer-text-field, prefer-bigint-over-int,
+# prefer-identity, ban-char-field, require-timeout-settings -- are left out). Airlock's verdict
+# (an error finding or none) is the same unless `differs` explains why Airlock decides otherwise;
+# docs/migration-lint.md lists the same differences.
+
+
+class Verdict(NamedTuple):
+    sql: str
+    squawk: tuple[str, ...]  # the squawk rules that report it; () when squawk is quiet
+    differs: str = ""  # why Airlock's verdict is the opposite of squawk's
+
+    @property
+    def airlock_flags(self) -> bool:
+        return bool(self.squawk) != bool(self.differs)
+
+
+CT = "CREATE TABLE t (id bigint PRIMARY KEY, a int, b text, user_id bigint);\n"
+NEW_TABLE_IS_EMPTY = "the table is created by the same file: empty and unknown to the old version"
+
+SQUAWK = [
+    # indexes
+    Verdict("CREATE INDEX users_email ON users (email);", ("require-concurrent-index-creation",)),
+    Verdict(
+        "CREATE UNIQUE INDEX users_email ON users (email);", ("require-concurrent-index-creation",)
+    ),
+    Verdict("CREATE INDEX CONCURRENTLY users_email ON users (email);", ()),
+    Verdict(CT + "CREATE INDEX t_a ON t (a);", ()),
+    Verdict(CT + "CREATE INDEX ON t (a);", ()),
+    Verdict("DROP INDEX users_email;", ("require-concurrent-index-deletion",)),
+    Verdict("DROP INDEX IF EXISTS users_email;", ("require-concurrent-index-deletion",)),
+    Verdict("DROP INDEX CONCURRENTLY IF EXISTS users_email;", ()),
+    Verdict(
+        CT + "CREATE INDEX t_a ON t (a);\nDROP INDEX t_a;",
+        ("require-concurrent-index-deletion",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    Verdict(
+        CT + "CREATE INDEX ON t (a);\nDROP INDEX t_a_idx;",
+        ("require-concurrent-index-deletion",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    Verdict("REINDEX TABLE users;", ("require-concurrent-reindex",)),
+    Verdict("REINDEX INDEX users_email;", ("require-concurrent-reindex",)),
+    Verdict("REINDEX SCHEMA public;", ("require-concurrent-reindex",)),
+    Verdict("REINDEX TABLE CONCURRENTLY users;", ()),
+    Verdict("REINDEX SYSTEM app;", ()),
+    Verdict(
+        "BEGIN;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nCOMMIT;",
+        ("ban-concurrent-index-creation-in-transaction",),
+    ),
+    # column defaults
+    Verdict(
+        "ALTER TABLE users ADD COLUMN token uuid DEFAULT gen_random_uuid();",
+        ("adding-field-with-default",),
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN r float8 DEFAULT random();", ("adding-field-with-default",)
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN at timestamptz DEFAULT clock_timestamp();",
+        ("adding-field-with-default",),
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN prefs jsonb DEFAULT default_prefs();",
+        ("adding-field-with-default",),
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN d int GENERATED ALWAYS AS (age * 2) STORED;",
+        ("adding-field-with-default",),
+    ),
+    Verdict("ALTER TABLE users ADD COLUMN at timestamptz DEFAULT now();", ()),
+    Verdict("ALTER TABLE users ADD COLUMN plan text DEFAULT 'free';", ()),
+    Verdict("ALTER TABLE users ADD COLUMN meta jsonb DEFAULT '{}'::jsonb;", ()),
+    Verdict("ALTER TABLE users ADD COLUMN active boolean DEFAULT true;", ()),
+    Verdict("ALTER TABLE users ALTER COLUMN token SET DEFAULT gen_random_uuid();", ()),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN n int DEFAULT 2 + 2;",
+        ("adding-field-with-default",),
+        "a constant expression is evaluated once: no rewrite (squawk only accepts literals)",
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN code text DEFAULT lower('ABC');",
+        ("adding-field-with-default",),
+        "lower() is IMMUTABLE: no rewrite (squawk accepts known functions without arguments only)",
+    ),
+    Verdict(
+        CT + "ALTER TABLE t ADD COLUMN token uuid DEFAULT gen_random_uuid();",
+        ("adding-field-with-default",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    Verdict(
+        "ALTER TABLE users ADD COLUMN n bigserial;",
+        (),
+        "a serial column fills every row from a sequence: a rewrite, like a volatile default",
+    ),
+    # NOT NULL
+    Verdict("ALTER TABLE users ADD COLUMN plan text NOT NULL;", ("adding-required-field",)),
+    Verdict("ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';", ()),
+    Verdict(
+        CT + "ALTER TABLE t ADD COLUMN plan text NOT NULL;",
+        ("adding-required-field",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    Verdict("ALTER TABLE users ALTER COLUMN email SET NOT NULL;", ("adding-not-nullable-field",)),
+    Verdict("ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;", ()),
+    # foreign keys and checks
+    Verdict(
+        "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) "
+        "REFERENCES users (id);",
+        ("adding-foreign-key-constraint", "constraint-missing-not-valid"),
+    ),
+    Verdict(
+        "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) "
+        "REFERENCES users (id) NOT VALID;",
+        (),
+    ),
+    Verdict(
+        "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) "
+        "REFERENCES users (id) NOT VALID;\nALTER TABLE orders VALIDATE CONSTRAINT orders_user_fk;",
+        ("constraint-missing-not-valid",),
+    ),
+    Verdict(
+        "ALTER TABLE orders ADD COLUMN user_id bigint REFERENCES users (id);",
+        ("adding-foreign-key-constraint",),
+    ),
+    Verdict("CREATE TABLE t (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));", ()),
+    Verdict(
+        CT + "ALTER TABLE t ADD CONSTRAINT t_user_fk FOREIGN KEY (user_id) REFERENCES users (id);",
+        (),
+    ),
+    Verdict(
+        CT + "ALTER TABLE t ADD COLUMN org_id bigint REFERENCES orgs (id);",
+        ("adding-foreign-key-constraint",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    Verdict(
+        "ALTER TABLE users ADD CONSTRAINT age_ok CHECK (age >= 0);",
+        ("constraint-missing-not-valid",),
+    ),
+    Verdict("ALTER TABLE users ADD CONSTRAINT age_ok CHECK (age >= 0) NOT VALID;", ()),
+    Verdict(CT + "ALTER TABLE t ADD CONSTRAINT a_ok CHECK (a >= 0);", ()),
+    # unique, primary key and exclusion constraints
+    Verdict(
+        "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);",
+        ("disallowed-unique-constraint", "constraint-missing-not-valid"),
+    ),
+    Verdict(
+        "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_idx;", ()
+    ),
+    Verdict("ALTER TABLE users ADD COLUMN code text UNIQUE;", ("disallowed-unique-constraint",)),
+    Verdict(
+        "ALTER TABLE items ADD PRIMARY KEY (id);",
+        ("adding-serial-primary-key-field", "constraint-missing-not-valid"),
+    ),
+    Verdict(
+        "ALTER TABLE items ADD COLUMN b serial PRIMARY KEY;", ("adding-serial-primary-key-field",)
+    ),
+    Verdict(CT + "ALTER TABLE t ADD CONSTRAINT t_b_key UNIQUE (b);", ()),
+    Verdict(
+        "ALTER TABLE bookings ADD CONSTRAINT no_overlap EXCLUDE USING gist (during WITH &&);",
+        ("constraint-missing-not-valid",),
+    ),
+    # column types
+    Verdict("ALTER TABLE users ALTER COLUMN id TYPE bigint;", ("changing-column-type",)),
+    Verdict("ALTER TABLE users ALTER COLUMN name TYPE text;", ("changing-column-type",)),
+    Verdict(
+        CT + "ALTER TABLE t ALTER COLUMN a TYPE bigint;",
+        ("changing-column-type",),
+        NEW_TABLE_IS_EMPTY,
+    ),
+    # renames, drops, truncation
+    Verdict("ALTER TABLE users RENAME COLUMN email TO mail;", ("renaming-column",)),
+    Verdict("ALTER TABLE users RENAME TO people;", ("renaming-table",)),
+    Verdict("ALTER TABLE users DROP COLUMN legacy;", ("ban-drop-column",)),
+    Verdict("DROP TABLE users;", ("ban-drop-table",)),
+    Verdict("DROP DATABASE app;", ("ban-drop-database",)),
+    Verdict("TRUNCATE users CASCADE;", ("ban-truncate-cascade",)),
+    Verdict("TRUNCATE users;", ()),
+    Verdict("ALTER TABLE users ADD COLUMN mail text;", ()),
+    Verdict("ALTER TABLE users ALTER COLUMN email SET DEFAULT '';", ()),
+    Verdict("CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz);", ()),
+    # domains
+    Verdict(
+        "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0);",
+        ("ban-alter-domain-with-add-constraint",),
+    ),
+    Verdict(
+        "ALTER DOMAIN positive ADD CONSTRAINT positive_check CHECK (VALUE > 0) NOT VALID;",
+        ("ban-alter-domain-with-add-constraint",),
+        "NOT VALID takes no lock on the tables and scans nothing; the VALIDATE is reported",
+    ),
+    Verdict(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);",
+        ("ban-create-domain-with-constraint",),
+        "a new domain is used by no column yet: creating it locks and scans nothing",
+    ),
+    # partitions
+    Verdict(
+        "ALTER TABLE events DETACH PARTITION events_2023;",
+        ("require-concurrent-partition-detach",),
+    ),
+    Verdict("ALTER TABLE events DETACH PARTITION events_2023 CONCURRENTLY;", ()),
+    Verdict("ALTER TABLE events DETACH PARTITION events_2023 FINALIZE;", ()),
+    # rewrites squawk does not report by default
+    Verdict(
+        "ALTER TABLE users SET LOGGED;",
+        (),
+        "SET LOGGED rewrites the table under an ACCESS EXCLUSIVE lock",
+    ),
+    Verdict(
+        "VACUUM FULL users;",
+        (),
+        "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock (squawk's prefer-repack "
+        "applies from PostgreSQL 19 only)",
+    ),
+    Verdict(
+        "ALTER TABLE orders ALTER COLUMN total SET EXPRESSION AS (price * qty);",
+        (),
+        "SET EXPRESSION recomputes a stored column for every row: a rewrite",
+    ),
+]
+
+
+def airlock_flags(sql: str) -> bool:
+    findings = lint(split(sql), file="V1__m.sql")
+    return any(finding.severity is Severity.ERROR for finding in findings)
+
+
+@pytest.mark.parametrize("verdict", SQUAWK, ids=lambda v: v.sql.splitlines()[-1][:60])
+def test_verdict_follows_squawk_or_the_documented_difference(verdict: Verdict) -> None:
+    """Airlock reports what squawk reports, except where the table says why it differs."""
+    assert airlock_flags(verdict.sql) is verdict.airlock_flags
+
+
+def test_agreement_with_squawk() -> None:
+    """At least 60 files; Airlock agrees with squawk on all but the documented differences."""
+    agree = sum(airlock_flags(v.sql) is bool(v.squawk) for v in SQUAWK)
+    differences = [v for v in SQUAWK if v.differs]
+    assert len(SQUAWK) >= 60
+    assert agree == len(SQUAWK) - len(differences)
+    docs = (REPO / "docs" / "migration-lint.md").read_text()
+    for rule in {rule for v in SQUAWK for rule in v.squawk}:
+        assert f"`{rule}`" in docs, f"squawk's {rule} is missing from the comparison table"

@@ -10,6 +10,8 @@ once a ``CREATE TABLE`` (or ``CREATE TABLE AS``, ``SELECT INTO``, ``CREATE VIEW`
 been linted in the same file or in an earlier pending file (:func:`lint_files`), or when the
 caller names it in ``new_tables``. Every other table is *existing*, unless the caller passes
 ``existing_tables`` (the tables the target database really has) and the table is not among them.
+Indexes created by pending migrations are new too (a new table's under the names PostgreSQL
+makes up for them), and so are domains.
 
 PostgreSQL 11 or later is assumed (constant column defaults need no rewrite since 11).
 """
@@ -24,9 +26,11 @@ from pglast import ast
 from pglast.enums.parsenodes import (
     AlterTableType,
     ConstrType,
+    DropBehavior,
     ObjectType,
     ReindexObjectType,
     TableLikeOption,
+    TransactionStmtKind,
 )
 from pglast.enums.primnodes import NullTestType
 from pglast.parser import ParseError, parse_sql
@@ -62,8 +66,9 @@ _RULE_LIST = (
     Rule(
         "lint.volatile-default",
         Severity.ERROR,
-        "ADD COLUMN with a volatile default (random(), clock_timestamp(), gen_random_uuid(), "
-        "nextval(), serial, identity) on an existing table.",
+        "ADD COLUMN on an existing table with a default that may be volatile (random(), "
+        "clock_timestamp(), gen_random_uuid(), nextval(), a function not known to be stable, "
+        "serial, identity).",
         "every existing row needs its own value, so PostgreSQL rewrites the whole table and its "
         "indexes under an ACCESS EXCLUSIVE lock: no reads, no writes until it is done.",
         "add the column without a default (or with a constant one), backfill it in batches, "
@@ -101,9 +106,10 @@ _RULE_LIST = (
     Rule(
         "lint.unique-constraint-without-index",
         Severity.ERROR,
-        "ADD CONSTRAINT ... UNIQUE / PRIMARY KEY on an existing table without USING INDEX.",
-        "the unique index is built inside ALTER TABLE, under an ACCESS EXCLUSIVE lock, for as "
-        "long as the build takes.",
+        "ADD CONSTRAINT ... UNIQUE / PRIMARY KEY on an existing table without USING INDEX, or "
+        "an EXCLUDE constraint.",
+        "the constraint's index is built inside ALTER TABLE, under an ACCESS EXCLUSIVE lock, for "
+        "as long as the build takes.",
         "CREATE UNIQUE INDEX CONCURRENTLY in its own migration, then ADD CONSTRAINT name "
         "UNIQUE USING INDEX index_name (or PRIMARY KEY USING INDEX).",
     ),
@@ -111,8 +117,8 @@ _RULE_LIST = (
         "lint.table-rewrite",
         Severity.ERROR,
         "A statement that rewrites an existing table: ALTER COLUMN ... TYPE (unless a known "
-        "binary-coercible widening), a stored generated column, SET LOGGED/UNLOGGED, SET "
-        "TABLESPACE, SET ACCESS METHOD, VACUUM FULL, CLUSTER.",
+        "binary-coercible widening), a stored generated column, SET EXPRESSION, SET "
+        "LOGGED/UNLOGGED, SET TABLESPACE, SET ACCESS METHOD, VACUUM FULL, CLUSTER.",
         "the table and all its indexes are copied while an ACCESS EXCLUSIVE lock blocks every "
         "read and write; on a big table that is minutes of downtime.",
         "add a new column (or table), backfill it in batches, switch readers over, then drop "
@@ -121,12 +127,42 @@ _RULE_LIST = (
     Rule(
         "lint.breaking-change",
         Severity.ERROR,
-        "DROP TABLE, DROP VIEW, DROP COLUMN, or a table/view/column RENAME on an existing object.",
+        "DROP TABLE, DROP VIEW, DROP COLUMN, a table/view/column RENAME on an existing object, "
+        "TRUNCATE ... CASCADE, DROP DATABASE.",
         "during the release the previous version is still running, and it still reads and "
         "writes that name: its queries fail until it is gone, and a rollback cannot bring it "
         "back.",
         "expand/contract: first release code that no longer uses the object, then drop or "
         "rename it in a later release (for a rename, add the new name, dual-write, backfill).",
+    ),
+    Rule(
+        "lint.concurrent-in-transaction",
+        Severity.ERROR,
+        "CREATE INDEX CONCURRENTLY (or another statement that cannot run in a transaction block) "
+        "between BEGIN and COMMIT in the file.",
+        "PostgreSQL refuses it inside a transaction block: the migration fails at that statement.",
+        "take the BEGIN and COMMIT out of the file (Airlock runs such a statement on its own, "
+        "outside a transaction), and better, give the statement a migration file of its own.",
+    ),
+    Rule(
+        "lint.detach-partition-not-concurrent",
+        Severity.ERROR,
+        "ALTER TABLE ... DETACH PARTITION without CONCURRENTLY on an existing table.",
+        "it takes an ACCESS EXCLUSIVE lock on the partitioned table: no reads or writes of any "
+        "partition until it is done, and everything queues behind it while it waits.",
+        "DETACH PARTITION ... CONCURRENTLY in a migration file of its own (it cannot run inside "
+        "a transaction); if it is interrupted, finish it with DETACH PARTITION ... FINALIZE.",
+    ),
+    Rule(
+        "lint.domain-constraint",
+        Severity.ERROR,
+        "ALTER DOMAIN ... ADD CONSTRAINT (without NOT VALID), VALIDATE CONSTRAINT or SET NOT NULL "
+        "on an existing domain.",
+        "PostgreSQL checks every column of every table that uses the domain, holding a SHARE "
+        "lock on each of those tables (no writes) for the whole scan; NOT VALID only defers "
+        "the scan, because validating a domain constraint takes the same lock.",
+        "put the rule on the columns instead: a table CHECK constraint added NOT VALID and "
+        "validated in a later migration, which scans without blocking writes.",
     ),
     Rule(
         "lint.timestamp-without-time-zone",
@@ -174,6 +210,115 @@ _VOLATILE_FUNCTIONS = frozenset(
         "currval",
         "lastval",
         "setval",
+    }
+)
+# Built-in functions that are STABLE or IMMUTABLE in every overload (pg_proc.provolatile), so a
+# column default calling them is evaluated once and stored in the catalog: no rewrite. Any other
+# function may be volatile as far as the linter knows (it cannot see your own functions'
+# volatility), so a default calling one is reported. tests/test_db_lint.py checks this list
+# against a real server's pg_proc.
+_NON_VOLATILE_FUNCTIONS = frozenset(
+    {
+        "abs",
+        "age",
+        "array_append",
+        "array_cat",
+        "array_fill",
+        "array_length",
+        "array_prepend",
+        "array_to_string",
+        "btrim",
+        "cardinality",
+        "ceil",
+        "ceiling",
+        "char_length",
+        "concat",
+        "concat_ws",
+        "current_database",
+        "current_schema",
+        "current_schemas",
+        "current_setting",
+        "date_add",
+        "date_bin",
+        "date_part",
+        "date_subtract",
+        "date_trunc",
+        "daterange",
+        "decode",
+        "encode",
+        "extract",
+        "floor",
+        "format",
+        "initcap",
+        "int4range",
+        "int8range",
+        "isfinite",
+        "json_build_array",
+        "json_build_object",
+        "jsonb_build_array",
+        "jsonb_build_object",
+        "jsonb_set",
+        "justify_days",
+        "justify_hours",
+        "justify_interval",
+        "left",
+        "length",
+        "lower",
+        "lpad",
+        "ltrim",
+        "make_date",
+        "make_interval",
+        "make_time",
+        "make_timestamp",
+        "make_timestamptz",
+        "md5",
+        "mod",
+        "normalize",
+        "now",
+        "numrange",
+        "octet_length",
+        "overlay",
+        "pg_current_xact_id",
+        "position",
+        "power",
+        "regexp_replace",
+        "repeat",
+        "replace",
+        "reverse",
+        "right",
+        "round",
+        "rpad",
+        "rtrim",
+        "setweight",
+        "sha224",
+        "sha256",
+        "sha384",
+        "sha512",
+        "split_part",
+        "sqrt",
+        "starts_with",
+        "statement_timestamp",
+        "string_to_array",
+        "substr",
+        "substring",
+        "timezone",
+        "to_char",
+        "to_date",
+        "to_json",
+        "to_jsonb",
+        "to_number",
+        "to_timestamp",
+        "to_tsvector",
+        "transaction_timestamp",
+        "translate",
+        "trunc",
+        "tsrange",
+        "tstzrange",
+        "txid_current",
+        "upper",
+        "uuid_extract_timestamp",
+        "uuid_extract_version",
+        "version",
     }
 )
 _SERIAL_TYPES = frozenset({"smallserial", "serial", "bigserial", "serial2", "serial4", "serial8"})
@@ -328,13 +473,27 @@ def _walk(node: Any) -> Iterator[Any]:
             yield from _walk(getattr(node, attribute))
 
 
-def _volatile_call(expression: Any) -> str | None:
+def _volatile_call(expression: Any) -> tuple[str, bool] | None:
+    """The first function in ``expression`` that may be volatile, and whether it is known to be.
+
+    ``("random", True)``: a built-in volatile function. ``("my_func", False)``: a function the
+    linter does not know to be stable or immutable (your own, or one of another schema). None:
+    only constants, operators, casts and known stable or immutable built-ins.
+    """
+    unknown = None
     for node in _walk(expression):
-        if isinstance(node, ast.FuncCall):
-            names = _strings(node.funcname)
-            if names and names[-1].lower() in _VOLATILE_FUNCTIONS:
-                return names[-1].lower()
-    return None
+        if not isinstance(node, ast.FuncCall):
+            continue
+        names = [name.lower() for name in _strings(node.funcname)]
+        if not names:
+            continue
+        name, schema = names[-1], (names[-2] if len(names) > 1 else None)
+        if name in _VOLATILE_FUNCTIONS:
+            return name, True
+        builtin = schema in {None, "pg_catalog"}
+        if unknown is None and not (builtin and name in _NON_VOLATILE_FUNCTIONS):
+            unknown = ".".join(names)
+    return (unknown, False) if unknown else None
 
 
 def _constraints(column: ast.ColumnDef) -> list[ast.Constraint]:
@@ -356,6 +515,61 @@ def _not_null_column(expression: Any) -> str | None:
         if len(fields) == len(expression.arg.fields or ()) and fields:
             return fields[-1]
     return None
+
+
+# PostgreSQL's name length limit (NAMEDATALEN - 1 bytes).
+_MAX_NAME = 63
+
+
+def _object_name(table: str, columns: Sequence[str], label: str) -> str:
+    """The name PostgreSQL makes up for an index it names itself: ``table_col1_col2_label``,
+    with the table and column parts shortened (the longer one first) to fit 63 bytes."""
+    first, second = table, "_".join(columns)
+    room = _MAX_NAME - len(label) - 1 - (1 if second else 0)
+    keep_first, keep_second = len(first), len(second)
+    while keep_first + keep_second > room:
+        if keep_first > keep_second:
+            keep_first -= 1
+        else:
+            keep_second -= 1
+    parts = [first[:keep_first], second[:keep_second], label]
+    return "_".join(part for part in parts if part)
+
+
+def _index_column(element: Any) -> str:
+    """The name PostgreSQL uses for one indexed column or expression in a made-up index name."""
+    if isinstance(element, ast.IndexElem):
+        if element.name:
+            return element.name
+        if element.indexcolname:
+            return element.indexcolname
+        if isinstance(element.expr, ast.FuncCall):
+            names = _strings(element.expr.funcname)
+            return names[-1] if names else "expr"
+    return "expr"
+
+
+def _constraint_index(
+    table: str, constraint: ast.Constraint, column: str | None = None
+) -> tuple[str, bool] | None:
+    """The index a UNIQUE, PRIMARY KEY or EXCLUDE constraint creates: ``(name, named)``, where
+    ``named`` is False when PostgreSQL makes the name up (and may add a number to it)."""
+    kind = constraint.contype
+    if kind not in {
+        ConstrType.CONSTR_UNIQUE,
+        ConstrType.CONSTR_PRIMARY,
+        ConstrType.CONSTR_EXCLUSION,
+    }:
+        return None
+    if constraint.conname:
+        return constraint.conname, True
+    if kind == ConstrType.CONSTR_PRIMARY:
+        return _object_name(table, [], "pkey"), False
+    if kind == ConstrType.CONSTR_UNIQUE:
+        columns = _strings(constraint.keys) or ([column] if column else [])
+        return _object_name(table, columns, "key"), False
+    elements = [pair[0] for pair in constraint.exclusions or () if isinstance(pair, tuple)]
+    return _object_name(table, [_index_column(e) for e in elements], "excl"), False
 
 
 # -- the linter ------------------------------------------------------------------------------
@@ -382,6 +596,7 @@ class _Linter:
         self.columns = dict(existing_columns or {})
         self.new_columns: set[tuple[str, str]] = set()
         self.new_indexes: set[str] = set()
+        self.new_domains: set[str] = set()
         self.not_valid: dict[tuple[str, str], _NotValid] = {}
         # (table, column) with a validated CHECK (col IS NOT NULL); column None: some constraint
         # of the table we cannot see (added by an applied migration) was validated.
@@ -399,6 +614,33 @@ class _Linter:
 
     def column_is_new(self, table: _Name, column: str | None) -> bool:
         return column is not None and (table.name, column) in self.new_columns
+
+    def add_index(self, table: _Name, name: str, named: bool = True) -> None:
+        """Remember an index created by a pending migration. A made-up name that is taken
+        already gets a number, as PostgreSQL does (``t_a_idx``, then ``t_a_idx1``); made-up names
+        count only on a new table, since on an existing one the database may hold the name
+        already and PostgreSQL would pick another."""
+        if not named:
+            if self.is_existing(table):
+                return
+            stem, label = name.rsplit("_", 1)
+            number = 0
+            while name in self.new_indexes:
+                number += 1
+                name = _object_name(stem, [], f"{label}{number}")
+        self.new_indexes.add(name)
+
+    def add_constraint_index(
+        self, table: _Name, constraint: ast.Constraint, column: str | None = None
+    ) -> None:
+        if constraint.indexname:
+            # USING INDEX: the index takes the constraint's name.
+            if constraint.conname and constraint.indexname in self.new_indexes:
+                self.new_indexes.add(constraint.conname)
+            return
+        index = _constraint_index(table.name, constraint, column)
+        if index is not None:
+            self.add_index(table, *index)
 
     def emit(
         self, statement: Statement, code: str, message: str, *, line: int | None = None
@@ -423,10 +665,25 @@ class _Linter:
         self.file = file
         self.findings = []
         gets_primary_key = _tables_getting_primary_key(statements)
+        begin: int | None = None  # line of the BEGIN of an open transaction block
         for run, (_, group) in enumerate(plan_execution(statements)):
             self.run = (file, run)
             for statement in group:
                 self.ignore_comments(statement)
+                node = statement.node
+                if isinstance(node, ast.TransactionStmt):
+                    if node.kind in _OPENS_BLOCK:
+                        begin = statement.line if begin is None else begin
+                    elif node.kind in _CLOSES_BLOCK:
+                        begin = None
+                elif begin is not None and not statement.transactional:
+                    self.emit(
+                        statement,
+                        "lint.concurrent-in-transaction",
+                        f"{_label(node)} cannot run inside a transaction block, and the BEGIN "
+                        f"on line {begin} opens one: PostgreSQL refuses it and the migration "
+                        "fails",
+                    )
                 self.statement(statement, gets_primary_key)
         return self.findings
 
@@ -483,6 +740,20 @@ class _Linter:
             self.alter_table(statement, node)
         elif isinstance(node, ast.RenameStmt):
             self.rename(statement, node)
+        elif isinstance(node, ast.CreateDomainStmt):
+            names = _strings(node.domainname)
+            if names:
+                self.new_domains.add(names[-1])
+        elif isinstance(node, ast.AlterDomainStmt):
+            self.alter_domain(statement, node)
+        elif isinstance(node, ast.TruncateStmt):
+            self.truncate(statement, node)
+        elif isinstance(node, ast.DropdbStmt):
+            self.emit(
+                statement,
+                "lint.breaking-change",
+                f"DROP DATABASE {node.dbname} destroys every table in it",
+            )
 
     # -- CREATE --------------------------------------------------------------------------
 
@@ -499,9 +770,12 @@ class _Linter:
         for element in node.tableElts or ():
             if isinstance(element, ast.ColumnDef):
                 self.timestamp_column(statement, name, element.colname, element.typeName)
-                if any(c.contype == ConstrType.CONSTR_PRIMARY for c in _constraints(element)):
-                    has_primary_key = True
+                for constraint in _constraints(element):
+                    self.add_constraint_index(name, constraint, element.colname)
+                    if constraint.contype == ConstrType.CONSTR_PRIMARY:
+                        has_primary_key = True
             elif isinstance(element, ast.Constraint):
+                self.add_constraint_index(name, element)
                 if element.contype == ConstrType.CONSTR_PRIMARY:
                     has_primary_key = True
             elif isinstance(element, ast.TableLikeClause):
@@ -532,9 +806,12 @@ class _Linter:
         )
 
     def create_index(self, statement: Statement, node: ast.IndexStmt) -> None:
+        table = _Name.of(node.relation)
         if node.idxname:
             self.new_indexes.add(node.idxname)
-        table = _Name.of(node.relation)
+        elif table is not None:
+            columns = [_index_column(element) for element in node.indexParams or ()]
+            self.add_index(table, _object_name(table.name, columns, "idx"), named=False)
         if node.concurrent or not self.is_existing(table):
             return
         kind = "UNIQUE INDEX" if node.unique else "INDEX"
@@ -613,6 +890,8 @@ class _Linter:
             if index is None or index.name in self.new_indexes:
                 return
             target = f"INDEX {index}"
+        elif node.kind == ReindexObjectType.REINDEX_OBJECT_SYSTEM:
+            return  # the system catalogs cannot be reindexed concurrently: nothing to suggest
         else:
             kind = node.kind.name.removeprefix("REINDEX_OBJECT_") if node.kind else "DATABASE"
             target = f"{kind} {node.name or ''}"
@@ -651,7 +930,10 @@ class _Linter:
         table = _Name.of(node.relation)
         if table is None:
             return
-        if node.renameType == ObjectType.OBJECT_COLUMN:
+        if node.renameType == ObjectType.OBJECT_INDEX:
+            if table.name in self.new_indexes and node.newname:
+                self.new_indexes.add(node.newname)
+        elif node.renameType == ObjectType.OBJECT_COLUMN:
             if self.is_existing(table) and not self.column_is_new(table, node.subname):
                 self.emit(
                     statement,
@@ -712,6 +994,25 @@ class _Linter:
                         f"DROP COLUMN {table}.{cmd.name}: the running version may still read "
                         "or write it",
                     )
+            elif subtype == AlterTableType.AT_SetExpression:
+                if existing and not self.column_is_new(table, cmd.name):
+                    self.emit(
+                        statement,
+                        "lint.table-rewrite",
+                        f"ALTER COLUMN {table}.{cmd.name} SET EXPRESSION recomputes the column "
+                        "for every row: a rewrite under an ACCESS EXCLUSIVE lock",
+                    )
+            elif subtype == AlterTableType.AT_DetachPartition and isinstance(
+                cmd.def_, ast.PartitionCmd
+            ):
+                if existing and not cmd.def_.concurrent:
+                    partition = _Name.of(cmd.def_.name)
+                    self.emit(
+                        statement,
+                        "lint.detach-partition-not-concurrent",
+                        f"DETACH PARTITION {partition} without CONCURRENTLY takes an ACCESS "
+                        f"EXCLUSIVE lock on {table}, blocking reads and writes of every partition",
+                    )
             elif subtype in _REWRITING_SUBCOMMANDS and existing:
                 self.emit(
                     statement,
@@ -726,9 +1027,11 @@ class _Linter:
         name = column.colname or ""
         self.new_columns.add((table.name, name))
         self.timestamp_column(statement, table, name, column.typeName)
+        constraints = _constraints(column)
+        for constraint in constraints:
+            self.add_constraint_index(table, constraint, name)
         if not existing:
             return
-        constraints = _constraints(column)
         kinds = {c.contype for c in constraints}
         type_names = _strings(column.typeName.names) if column.typeName else []
         serial = len(type_names) == 1 and type_names[0].lower() in _SERIAL_TYPES
@@ -740,20 +1043,22 @@ class _Linter:
         where = f"ADD COLUMN {table}.{name}"
 
         volatile = next(filter(None, map(_volatile_call, defaults)), None)
-        if volatile:
-            reason = f"a volatile default ({volatile}())"
-        elif serial:
-            reason = f"type {type_names[0]} (a nextval() default)"
-        elif ConstrType.CONSTR_IDENTITY in kinds:
-            reason = "an identity (every row takes a sequence value)"
-        else:
-            reason = ""
-        if reason:
-            self.emit(
-                statement,
-                "lint.volatile-default",
-                f"{where} with {reason} rewrites the whole table under an ACCESS EXCLUSIVE lock",
+        rewrite = "rewrites the whole table under an ACCESS EXCLUSIVE lock"
+        if volatile and volatile[1]:
+            message = f"{where} with a volatile default ({volatile[0]}()) {rewrite}"
+        elif volatile:
+            message = (
+                f"{where} with a default calling {volatile[0]}(), which is not known to be "
+                f"STABLE or IMMUTABLE: if it is VOLATILE, the statement {rewrite}"
             )
+        elif serial:
+            message = f"{where} with type {type_names[0]} (a nextval() default) {rewrite}"
+        elif ConstrType.CONSTR_IDENTITY in kinds:
+            message = f"{where} with an identity (every row takes a sequence value) {rewrite}"
+        else:
+            message = ""
+        if message:
+            self.emit(statement, "lint.volatile-default", message)
         stored = any(
             c.contype == ConstrType.CONSTR_GENERATED
             and (getattr(c, "generated_kind", None) or "s") in {"s", "\x00"}
@@ -867,6 +1172,7 @@ class _Linter:
                 self.not_valid[(table.name, name)] = _NotValid(column, self.run, lock)
         elif column is not None:
             self.validated.add((table.name, column))
+        self.add_constraint_index(table, constraint)
         if not existing:
             return
         label = f" {constraint.conname}" if constraint.conname else ""
@@ -893,12 +1199,57 @@ class _Linter:
                     f"ADD CONSTRAINT{label} {what} on {table} builds its index under an ACCESS "
                     "EXCLUSIVE lock",
                 )
+        elif kind == ConstrType.CONSTR_EXCLUSION:
+            self.emit(
+                statement,
+                "lint.unique-constraint-without-index",
+                f"ADD CONSTRAINT{label} EXCLUDE on {table} builds its index under an ACCESS "
+                "EXCLUSIVE lock, and an exclusion constraint cannot be attached from an index "
+                "built concurrently",
+            )
         elif kind == ConstrType.CONSTR_NOTNULL and not constraint.skip_validation:
             self.emit(
                 statement,
                 "lint.not-null-without-check",
                 f"ADD CONSTRAINT{label} NOT NULL on {table} scans the whole table under an "
                 "ACCESS EXCLUSIVE lock; add it NOT VALID and validate it later",
+            )
+
+    # -- domains and TRUNCATE ------------------------------------------------------------
+
+    def alter_domain(self, statement: Statement, node: ast.AlterDomainStmt) -> None:
+        names = _strings(node.typeName)
+        if not names or names[-1] in self.new_domains:
+            return
+        domain = ".".join(names)
+        scan = (
+            "checks every column of that type in every table, holding a SHARE lock (no writes) "
+            "on each table for the whole scan"
+        )
+        if node.subtype == "C" and isinstance(node.def_, ast.Constraint):
+            if node.def_.skip_validation:
+                return  # enforced for new values only: no scan, no table lock
+            label = f" {node.def_.conname}" if node.def_.conname else ""
+            message = f"ALTER DOMAIN {domain} ADD CONSTRAINT{label} {scan}"
+        elif node.subtype == "V":
+            message = f"ALTER DOMAIN {domain} VALIDATE CONSTRAINT {node.name} {scan}"
+        elif node.subtype == "O":
+            message = f"ALTER DOMAIN {domain} SET NOT NULL {scan}"
+        else:
+            return
+        self.emit(statement, "lint.domain-constraint", message)
+
+    def truncate(self, statement: Statement, node: ast.TruncateStmt) -> None:
+        if node.behavior != DropBehavior.DROP_CASCADE:
+            return
+        names = [_Name.of(relation) for relation in node.relations or ()]
+        existing = [str(name) for name in names if name is not None and self.is_existing(name)]
+        if existing:
+            self.emit(
+                statement,
+                "lint.breaking-change",
+                f"TRUNCATE {', '.join(existing)} CASCADE also empties every table that has a "
+                "foreign key to it, and the tables referring to those, without naming them",
             )
 
     def validate(self, statement: Statement, table: _Name, name: str, existing: bool) -> None:
@@ -916,6 +1267,33 @@ class _Linter:
                 f"VALIDATE CONSTRAINT {name} runs in the same transaction that added it, so the "
                 f"scan of {table} still holds the ADD CONSTRAINT's {pending.lock}",
             )
+
+
+_OPENS_BLOCK = frozenset(
+    {TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START}
+)
+_CLOSES_BLOCK = frozenset(
+    {
+        TransactionStmtKind.TRANS_STMT_COMMIT,
+        TransactionStmtKind.TRANS_STMT_ROLLBACK,
+        TransactionStmtKind.TRANS_STMT_PREPARE,
+    }
+)
+
+
+def _label(node: Any) -> str:
+    """How a message names a statement that cannot run in a transaction block."""
+    if isinstance(node, ast.IndexStmt):
+        return "CREATE INDEX CONCURRENTLY"
+    if isinstance(node, ast.DropStmt):
+        return "DROP INDEX CONCURRENTLY"
+    if isinstance(node, ast.ReindexStmt):
+        return "REINDEX"
+    if isinstance(node, ast.AlterTableStmt):
+        return "DETACH PARTITION ... CONCURRENTLY"
+    if isinstance(node, ast.VacuumStmt):
+        return "VACUUM"
+    return "this statement"
 
 
 _REWRITING_SUBCOMMANDS = {
