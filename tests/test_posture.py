@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import socket
 import ssl
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,9 +29,18 @@ from airlock.checks.posture import (
     check_admin,
     check_cors,
     check_headers,
+    check_https_redirect,
     check_rate_limit,
     check_tls,
     probe,
+)
+from airlock.checks.posture_headers import (
+    csp_weaknesses,
+    hsts_max_age,
+    is_session_cookie,
+    mask_cookie,
+    parse_policy,
+    referrer_policy,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,10 +168,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         server: _Server = self.server  # type: ignore[assignment]
-        status, headers = server.behaviour(self.command, self.path, dict(self.headers))
-        body = b"ok\n"
+        answer = server.behaviour(self.command, self.path, dict(self.headers))
+        status, headers = answer[0], answer[1]
+        body = answer[2] if len(answer) == 3 else b"ok\n"
         self.send_response(status)
-        for name, value in headers.items():
+        fields = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in fields:
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -169,7 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_HEAD = _answer
 
 
-Behaviour = Callable[[str, str, dict[str, str]], tuple[int, dict[str, str]]]
+Fields = Mapping[str, str] | Sequence[tuple[str, str]]
+"""Response headers: a mapping, or (name, value) pairs when a name repeats (Set-Cookie)."""
+
+Behaviour = Callable[[str, str, dict[str, str]], tuple[int, Fields] | tuple[int, Fields, bytes]]
+"""(method, path, request headers) -> (status, headers) or (status, headers, body)."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -446,3 +463,677 @@ def test_findings_serialise() -> None:
         data = [f.to_dict() for f in check_cors(url)]
     assert data[0]["severity"] == "error"
     assert isinstance(data[0]["evidence"]["request"], str)
+
+
+# --------------------------------------------------------------------------------------------
+# header values, case by case
+#
+# Each case is served from a real server on 127.0.0.1 and judged by check_headers. `finding`
+# is Airlock's verdict (some finding names `header`); `observatory` is the verdict Mozilla's
+# HTTP Observatory scoring implies (a negative score modifier for that test), or None where its
+# documentation does not say. Where the two differ, `note` says why.
+
+BASE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+    ("Content-Security-Policy", "default-src 'self'"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+)
+"""A clean response; each case replaces the header it is about."""
+
+CSP = "Content-Security-Policy"
+HSTS = "Strict-Transport-Security"
+XFO = "X-Frame-Options"
+XCTO = "X-Content-Type-Options"
+REFERRER = "Referrer-Policy"
+COOKIE = "Set-Cookie"
+COOKIE_SECRET = "s3cr3t-c00kie-v4lue"
+
+
+@dataclass(frozen=True)
+class HeaderCase:
+    """One response: ``fields`` replace the base headers they name (``drop`` removes more)."""
+
+    id: str
+    header: str
+    fields: tuple[tuple[str, str], ...]
+    finding: bool
+    observatory: bool | None
+    drop: tuple[str, ...] = ()
+    body: bytes = b""
+    note: str = ""
+
+    def response(self) -> tuple[list[tuple[str, str]], bytes]:
+        replaced = {name.lower() for name, _ in self.fields} | {self.header.lower()}
+        replaced |= {name.lower() for name in self.drop}
+        kept = [(n, v) for n, v in BASE_HEADERS if n.lower() not in replaced]
+        return [*kept, *self.fields], self.body
+
+
+def _case(
+    id: str,
+    header: str,
+    *fields: tuple[str, str],
+    finding: bool,
+    observatory: bool | None,
+    drop: tuple[str, ...] = (),
+    body: bytes = b"",
+    note: str = "",
+) -> HeaderCase:
+    return HeaderCase(id, header, fields, finding, observatory, drop, body, note)
+
+
+def _html(policy: str) -> bytes:
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+    return f"<!doctype html><html><head>{meta}</head><body>ok</body></html>".encode()
+
+
+_NO_FRAMING = (CSP, "default-src 'self'; frame-ancestors 'none'")
+_HTML = ("Content-Type", "text/html; charset=utf-8")
+
+CASES: tuple[HeaderCase, ...] = (
+    # Content-Security-Policy
+    _case("csp-self", CSP, (CSP, "default-src 'self'"), finding=False, observatory=False),
+    _case(
+        "csp-default-none",
+        CSP,
+        (CSP, "default-src 'none'; script-src 'self'; img-src 'self'"),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "csp-unsafe-inline",
+        CSP,
+        (CSP, "script-src 'self' 'unsafe-inline'; object-src 'none'"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-default-unsafe-inline",
+        CSP,
+        (CSP, "default-src 'self' 'unsafe-inline'"),
+        finding=True,
+        observatory=True,
+    ),
+    _case("csp-star", CSP, (CSP, "default-src *"), finding=True, observatory=True),
+    _case("csp-empty", CSP, (CSP, ""), finding=True, observatory=True),
+    _case("csp-garbage", CSP, (CSP, "this is not a policy"), finding=True, observatory=True),
+    _case(
+        "csp-unsafe-eval",
+        CSP,
+        (CSP, "default-src 'self'; script-src 'self' 'unsafe-eval'"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-https-scheme",
+        CSP,
+        (CSP, "default-src 'self'; script-src https:"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-http-scheme",
+        CSP,
+        (CSP, "default-src 'self'; script-src 'self' http:"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-data-scripts",
+        CSP,
+        (CSP, "default-src 'self'; script-src 'self' data:"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-http-host",
+        CSP,
+        (CSP, "default-src 'self'; script-src 'self' http://cdn.example.com"),
+        finding=True,
+        observatory=True,
+    ),
+    _case("csp-no-object-src", CSP, (CSP, "script-src 'self'"), finding=True, observatory=True),
+    _case(
+        "csp-script-and-object",
+        CSP,
+        (CSP, "script-src 'self'; object-src 'none'"),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "csp-object-star",
+        CSP,
+        (CSP, "default-src 'self'; object-src *"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "csp-strict-dynamic",
+        CSP,
+        (
+            CSP,
+            "script-src 'nonce-r4nd0m' 'strict-dynamic' 'unsafe-inline' https:; object-src 'none'",
+        ),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "csp-hash-with-unsafe-inline",
+        CSP,
+        (
+            CSP,
+            "script-src 'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=' 'unsafe-inline'; "
+            "object-src 'none'",
+        ),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "csp-style-unsafe-inline",
+        CSP,
+        (CSP, "default-src 'self'; style-src 'self' 'unsafe-inline'"),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "csp-frame-ancestors-only",
+        CSP,
+        (CSP, "frame-ancestors 'none'"),
+        finding=True,
+        observatory=True,
+    ),
+    _case("csp-missing", CSP, finding=True, observatory=True),
+    _case(
+        "csp-meta",
+        CSP,
+        _HTML,
+        finding=False,
+        observatory=False,
+        body=_html("default-src 'self'"),
+    ),
+    _case(
+        "csp-meta-unsafe-inline",
+        CSP,
+        _HTML,
+        finding=True,
+        observatory=True,
+        body=_html("script-src 'self' 'unsafe-inline'; object-src 'none'"),
+    ),
+    _case(
+        "csp-report-only",
+        CSP,
+        ("Content-Security-Policy-Report-Only", "default-src 'self'"),
+        finding=True,
+        observatory=True,
+    ),
+    _case("csp-upper-case", CSP, (CSP, "DEFAULT-SRC 'SELF'"), finding=False, observatory=None),
+    _case(
+        "csp-two-policies",
+        CSP,
+        (CSP, "default-src *"),
+        (CSP, "default-src 'self'"),
+        finding=False,
+        observatory=None,
+        note="browsers enforce both policies, so the stricter one wins",
+    ),
+    # Strict-Transport-Security (https)
+    _case(
+        "hsts-one-year",
+        HSTS,
+        (HSTS, "max-age=31536000; includeSubDomains"),
+        finding=False,
+        observatory=False,
+    ),
+    _case("hsts-six-months", HSTS, (HSTS, "max-age=15768000"), finding=False, observatory=False),
+    _case(
+        "hsts-preload",
+        HSTS,
+        (HSTS, "max-age=63072000; includeSubDomains; preload"),
+        finding=False,
+        observatory=False,
+    ),
+    _case("hsts-one-day", HSTS, (HSTS, "max-age=86400"), finding=True, observatory=True),
+    _case("hsts-zero", HSTS, (HSTS, "max-age=0"), finding=True, observatory=True),
+    _case("hsts-not-a-number", HSTS, (HSTS, "max-age=abc"), finding=True, observatory=True),
+    _case("hsts-no-max-age", HSTS, (HSTS, "includeSubDomains"), finding=True, observatory=True),
+    _case("hsts-missing", HSTS, finding=True, observatory=True),
+    _case("hsts-quoted", HSTS, (HSTS, 'max-age="31536000"'), finding=False, observatory=None),
+    _case(
+        "hsts-twice",
+        HSTS,
+        (HSTS, "max-age=31536000; max-age=31536000"),
+        finding=True,
+        observatory=None,
+        note="RFC 6797: a directive given twice makes the header invalid",
+    ),
+    # X-Frame-Options (the base CSP has no frame-ancestors)
+    _case("xfo-deny", XFO, (XFO, "DENY"), finding=False, observatory=False),
+    _case("xfo-sameorigin", XFO, (XFO, "sameorigin"), finding=False, observatory=False),
+    _case("xfo-whimsy", XFO, (XFO, "whimsy"), finding=True, observatory=True),
+    _case(
+        "xfo-allow-from",
+        XFO,
+        (XFO, "ALLOW-FROM https://partner.example"),
+        finding=True,
+        observatory=False,
+        note="current browsers ignore ALLOW-FROM, so the page can be framed by anyone",
+    ),
+    _case("xfo-missing", XFO, finding=True, observatory=True),
+    _case("xfo-via-frame-ancestors", XFO, _NO_FRAMING, finding=False, observatory=False),
+    _case(
+        "xfo-whimsy-with-frame-ancestors",
+        XFO,
+        (XFO, "whimsy"),
+        _NO_FRAMING,
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "xfo-conflicting", XFO, (XFO, "DENY"), (XFO, "SAMEORIGIN"), finding=True, observatory=None
+    ),
+    # X-Content-Type-Options
+    _case("xcto-nosniff", XCTO, (XCTO, "nosniff"), finding=False, observatory=False),
+    _case("xcto-mixed-case", XCTO, (XCTO, "NoSniff"), finding=False, observatory=None),
+    _case("xcto-wrong", XCTO, (XCTO, "sniff-away"), finding=True, observatory=True),
+    _case("xcto-missing", XCTO, finding=True, observatory=True),
+    # Referrer-Policy
+    _case("ref-no-referrer", REFERRER, (REFERRER, "no-referrer"), finding=False, observatory=False),
+    _case(
+        "ref-strict-origin-when-cross-origin",
+        REFERRER,
+        (REFERRER, "strict-origin-when-cross-origin"),
+        finding=False,
+        observatory=False,
+    ),
+    _case("ref-same-origin", REFERRER, (REFERRER, "same-origin"), finding=False, observatory=False),
+    _case("ref-unsafe-url", REFERRER, (REFERRER, "unsafe-url"), finding=True, observatory=True),
+    _case("ref-origin", REFERRER, (REFERRER, "origin"), finding=True, observatory=True),
+    _case(
+        "ref-origin-when-cross-origin",
+        REFERRER,
+        (REFERRER, "origin-when-cross-origin"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "ref-no-referrer-when-downgrade",
+        REFERRER,
+        (REFERRER, "no-referrer-when-downgrade"),
+        finding=True,
+        observatory=False,
+        note="it sends the full URL, path and query, to every other https site",
+    ),
+    _case("ref-invalid", REFERRER, (REFERRER, "whatever"), finding=True, observatory=True),
+    _case(
+        "ref-last-valid-wins",
+        REFERRER,
+        (REFERRER, "unsafe-url, strict-origin"),
+        finding=False,
+        observatory=None,
+    ),
+    _case(
+        "ref-unknown-fallback",
+        REFERRER,
+        (REFERRER, "strict-origin, some-future-policy"),
+        finding=False,
+        observatory=None,
+    ),
+    _case(
+        "ref-missing",
+        REFERRER,
+        finding=True,
+        observatory=False,
+        note="kept as a warning (posture.missing-header) although browsers default to "
+        "strict-origin-when-cross-origin",
+    ),
+    # Set-Cookie (https)
+    _case(
+        "cookie-session-good",
+        COOKIE,
+        (COOKIE, f"sid={COOKIE_SECRET}; Path=/; Secure; HttpOnly; SameSite=Lax"),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "cookie-session-no-secure",
+        COOKIE,
+        (COOKIE, f"sessionid={COOKIE_SECRET}; HttpOnly; SameSite=Lax"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "cookie-session-no-httponly",
+        COOKIE,
+        (COOKIE, f"JSESSIONID={COOKIE_SECRET}; Secure; SameSite=Strict"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "cookie-plain-good",
+        COOKIE,
+        (COOKIE, "theme=dark; Secure; SameSite=Lax"),
+        finding=False,
+        observatory=False,
+    ),
+    _case(
+        "cookie-plain-no-secure",
+        COOKIE,
+        (COOKIE, "theme=dark; SameSite=Lax"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "cookie-no-samesite",
+        COOKIE,
+        (COOKIE, "prefs=compact; Secure; HttpOnly"),
+        finding=True,
+        observatory=False,
+        note="without SameSite the cookie rides along on cross-site requests (Observatory only "
+        "withholds its bonus)",
+    ),
+    _case(
+        "cookie-csrf-no-samesite",
+        COOKIE,
+        (COOKIE, f"csrftoken={COOKIE_SECRET}; Secure"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "cookie-samesite-none-secure",
+        COOKIE,
+        (COOKIE, "embed=1; Secure; SameSite=None"),
+        finding=False,
+        observatory=True,
+        note="SameSite=None with Secure is how a cookie meant for cross-site use is declared",
+    ),
+    _case(
+        "cookie-samesite-none-insecure",
+        COOKIE,
+        (COOKIE, "embed=1; SameSite=None"),
+        finding=True,
+        observatory=True,
+    ),
+    _case(
+        "cookie-samesite-invalid",
+        COOKIE,
+        (COOKIE, f"connect.sid={COOKIE_SECRET}; Secure; HttpOnly; SameSite=Sometimes"),
+        finding=True,
+        observatory=True,
+    ),
+    _case("cookie-none", COOKIE, finding=False, observatory=False),
+    _case(
+        "cookie-deleted",
+        COOKIE,
+        (COOKIE, "sid=; Max-Age=0; Path=/"),
+        finding=False,
+        observatory=None,
+    ),
+)
+
+
+def case_behaviour(method: str, path: str, headers: dict[str, str]) -> tuple[int, Fields, bytes]:
+    """Serves ``/case/ID`` with that case's headers and body."""
+    case = next(c for c in CASES if path == f"/case/{c.id}")
+    fields, body = case.response()
+    return 200, fields, body or b"ok\n"
+
+
+@pytest.fixture(scope="module")
+def case_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An https server answering every case."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"), valid_for=dt.timedelta(days=200))
+    with serve(case_behaviour, tls=tls_context(pki)) as url:
+        yield url
+
+
+def flagged(findings: list[Finding], header: str) -> bool:
+    """The verdict on one header: some finding names it."""
+    return any(f.evidence.get("header") == header for f in findings)
+
+
+def test_case_table_is_large_and_unique() -> None:
+    """At least 40 cases, ids unique, and every difference from Observatory says why."""
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+    for case in CASES:
+        if case.observatory is not None and case.observatory != case.finding:
+            assert case.note, case.id
+
+
+def test_agreement_with_observatory() -> None:
+    """Where Observatory's scoring gives a verdict, Airlock agrees on at least 90% of cases."""
+    judged = [c for c in CASES if c.observatory is not None]
+    agree = sum(c.observatory == c.finding for c in judged)
+    assert agree / len(judged) >= 0.9, f"{agree}/{len(judged)}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_header_case(case_url: str, case: HeaderCase) -> None:
+    """Each served case gets its verdict, and only the header it is about is reported."""
+    findings = check_headers(f"{case_url}/case/{case.id}")
+    assert flagged(findings, case.header) is case.finding, [f.message for f in findings]
+    assert {f.evidence["header"] for f in findings} <= {case.header}
+    for finding in findings:
+        assert finding.evidence["request"].startswith("GET https://")
+        assert finding.code in CODES
+        assert COOKIE_SECRET not in json.dumps(finding.to_dict())
+
+
+def _by_id(case_url: str, id: str) -> list[Finding]:
+    return check_headers(f"{case_url}/case/{id}")
+
+
+def test_weak_csp_names_value_and_reasons(case_url: str) -> None:
+    """A weak CSP is one warning naming the header, its value and each reason."""
+    (finding,) = _by_id(case_url, "csp-frame-ancestors-only")
+    assert finding.code == "posture.weak-csp" and finding.severity is Severity.WARNING
+    assert finding.evidence["value"] == "frame-ancestors 'none'"
+    assert "frame-ancestors 'none'" in finding.message
+    reasons = finding.evidence["reasons"]
+    assert any("script-src" in r for r in reasons) and any("object-src" in r for r in reasons)
+    (inline,) = _by_id(case_url, "csp-unsafe-inline")
+    assert inline.evidence["reasons"] == [
+        "script-src allows 'unsafe-inline' (injected inline scripts run)"
+    ]
+
+
+def test_unusable_values_are_invalid_header(case_url: str) -> None:
+    """Empty or unparseable CSP, malformed HSTS, unknown XFO and Referrer-Policy values are
+    posture.invalid-header with the value; a missing one stays posture.missing-header."""
+    for id, value in (
+        ("csp-empty", ""),
+        ("csp-garbage", "this is not a policy"),
+        ("hsts-not-a-number", "max-age=abc"),
+        ("xfo-whimsy", "whimsy"),
+        ("ref-invalid", "whatever"),
+        ("xcto-wrong", "sniff-away"),
+    ):
+        (finding,) = _by_id(case_url, id)
+        assert finding.code == "posture.invalid-header", id
+        assert finding.severity is Severity.WARNING
+        assert finding.evidence["value"] == value
+    (missing,) = _by_id(case_url, "csp-report-only")
+    assert missing.code == "posture.missing-header" and "value" not in missing.evidence
+
+
+def test_short_hsts_gives_its_age(case_url: str) -> None:
+    """max-age=86400 is posture.hsts-short with the age and the six-month minimum."""
+    (finding,) = _by_id(case_url, "hsts-one-day")
+    assert finding.code == "posture.hsts-short"
+    assert finding.evidence["max_age"] == 86400 and finding.evidence["min_age"] == 15768000
+    assert "1 days" in finding.message or "86400" in finding.message
+
+
+def test_leaky_referrer(case_url: str) -> None:
+    """unsafe-url is posture.leaky-referrer naming the policy browsers apply."""
+    (finding,) = _by_id(case_url, "ref-unsafe-url")
+    assert finding.code == "posture.leaky-referrer"
+    assert finding.evidence["policy"] == "unsafe-url"
+    assert "unsafe-url" in finding.message
+
+
+def test_cookie_findings_name_the_cookie_never_its_value(case_url: str) -> None:
+    """A session cookie without HttpOnly is an error naming the cookie; its value is hidden
+    everywhere, including the response shown as evidence."""
+    (finding,) = _by_id(case_url, "cookie-session-no-httponly")
+    assert finding.code == "posture.insecure-cookie"
+    assert finding.severity is Severity.ERROR
+    assert finding.evidence["cookie"] == "JSESSIONID"
+    assert "'JSESSIONID'" in finding.message and "HttpOnly" in finding.message
+    assert (
+        "Set-Cookie: JSESSIONID=(hidden); Secure; SameSite=Strict" in finding.evidence["response"]
+    )
+    assert COOKIE_SECRET not in json.dumps(finding.to_dict())
+    (plain,) = _by_id(case_url, "cookie-plain-no-secure")
+    assert plain.severity is Severity.WARNING and "Secure" in plain.message
+
+
+def test_plain_http_cookies_need_no_secure() -> None:
+    """Over plain HTTP, a missing Secure is not reported (it cannot be set); HttpOnly still is."""
+    cookies = [
+        ("Set-Cookie", "theme=dark; SameSite=Lax"),
+        ("Set-Cookie", f"sid={COOKIE_SECRET}; SameSite=Lax"),
+    ]
+    with serve(lambda m, p, h: (200, [*BASE_HEADERS, *cookies])) as url:
+        findings = check_headers(url)
+    (finding,) = findings
+    assert finding.evidence["cookie"] == "sid"
+    assert finding.evidence["problems"] == [
+        "no HttpOnly attribute (scripts can read this session cookie)"
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# plain HTTP must redirect to HTTPS
+
+
+def _answer(status: int, location: str | None = None) -> Behaviour:
+    def behaviour(method: str, path: str, headers: dict[str, str]) -> tuple[int, Fields]:
+        return status, ({"Location": location} if location else {})
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    ("status", "location", "severity", "words"),
+    [
+        (301, "https://127.0.0.1:8443/", None, ""),
+        (308, "https://127.0.0.1/login?next=%2F", None, ""),
+        (200, None, Severity.ERROR, "serves content (200) over plain HTTP"),
+        (404, None, Severity.WARNING, "answers 404"),
+        (301, "https://www.example.com/", Severity.WARNING, "another host first"),
+        (302, "/secure", Severity.WARNING, "which is not https"),
+        (302, "http://127.0.0.1/", Severity.WARNING, "which is not https"),
+        (302, None, Severity.WARNING, "without a Location"),
+    ],
+    ids=[
+        "301-https",
+        "308-https-path",
+        "serves-200",
+        "404",
+        "off-host",
+        "relative",
+        "http",
+        "no-loc",
+    ],
+)
+def test_https_redirect(
+    status: int, location: str | None, severity: Severity | None, words: str
+) -> None:
+    """Plain HTTP must answer with a redirect straight to https on the same host."""
+    with serve(_answer(status, location)) as http_url:
+        findings = check_https_redirect(http_url, "https://127.0.0.1:8443")
+    if severity is None:
+        assert findings == []
+        return
+    (finding,) = findings
+    assert finding.code == "posture.no-https-redirect"
+    assert finding.severity is severity
+    assert words in finding.message
+    assert finding.evidence["request"] == f"GET {http_url} HTTP/1.1"
+    assert finding.evidence["expected_host"] == "127.0.0.1"
+
+
+def test_nothing_on_plain_http_is_fine() -> None:
+    """When nothing listens for plain HTTP, there is nothing to redirect."""
+    assert check_https_redirect(f"http://127.0.0.1:{free_port()}", "https://127.0.0.1") == []
+
+
+def test_probe_tries_plain_http_next_to_https(tmp_path: Path) -> None:
+    """An https target's http_port is probed: content there is an error, a redirect is clean."""
+    pki = make_pki(tmp_path, valid_for=dt.timedelta(days=200))
+    with serve(GoodBehaviour(), tls=tls_context(pki)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with serve(_answer(200)) as plain:
+            target = Target("prod", url, http_port=int(plain.rsplit(":", 1)[1]))
+            (finding,) = probe(target)
+        assert finding.code == "posture.no-https-redirect"
+        assert finding.message.startswith(f"http://127.0.0.1:{target.http_port}/ ")
+        with serve(_answer(301, f"https://127.0.0.1:{port}/")) as plain:
+            assert probe(Target("prod", url, http_port=int(plain.rsplit(":", 1)[1]))) == []
+
+
+def test_http_target_is_held_to_its_declared_https_address() -> None:
+    """An http target redirects only when an https address is declared for it."""
+    good = GoodBehaviour()
+    with serve(good) as url:
+        assert [f.code for f in probe(Target("staging", url))] == []
+        (finding,) = probe(Target("staging", url, https_url="https://127.0.0.1:8443"))
+    assert finding.code == "posture.no-https-redirect"
+    assert finding.severity is Severity.ERROR
+
+
+# --------------------------------------------------------------------------------------------
+# the pure rules
+
+
+def test_session_cookie_names() -> None:
+    """Session-looking names are recognised; anti-CSRF tokens and look-alikes are not."""
+    for name in ("sid", "session", "PHPSESSID", "JSESSIONID", "connect.sid", "__Host-sid"):
+        assert is_session_cookie(name), name
+    for name in ("auth_token", "remember_token", "jwt", "laravel_session", "ASP.NET_SessionId"):
+        assert is_session_cookie(name), name
+    for name in ("theme", "sidebar", "csrftoken", "XSRF-TOKEN", "lang", "consent"):
+        assert not is_session_cookie(name), name
+
+
+def test_mask_cookie_hides_only_the_value() -> None:
+    """The value goes; the name and attributes stay."""
+    assert mask_cookie("sid=abc=def; Path=/; HttpOnly") == "sid=(hidden); Path=/; HttpOnly"
+    assert mask_cookie("lonely") == "=(hidden)"
+
+
+def test_hsts_parsing() -> None:
+    """RFC 6797 syntax: case-insensitive names, quoted values, one max-age, no repeats."""
+    assert hsts_max_age("Max-Age = 600 ; includeSubDomains;") == 600
+    assert hsts_max_age('max-age="31536000"') == 31536000
+    assert hsts_max_age("max-age=-1") == "max-age=-1 is not a number of seconds"
+    assert hsts_max_age("max-age") == "max-age= is not a number of seconds"
+    assert hsts_max_age("") == "it has no max-age"
+    assert hsts_max_age("max-age=1; MAX-AGE=2") == "max-age appears twice"
+
+
+def test_referrer_policy_last_known_value_wins() -> None:
+    """Unknown values are skipped; the last known one applies; nothing known is None."""
+    assert referrer_policy("no-referrer, unsafe-url") == "unsafe-url"
+    assert referrer_policy("unsafe-url, STRICT-ORIGIN, bogus") == "strict-origin"
+    assert referrer_policy("bogus, ") is None
+
+
+def test_policy_parsing() -> None:
+    """Directive names are case-insensitive, repeats ignored, unknown-only policies unusable."""
+    assert parse_policy("Script-Src 'self'; script-src *; object-src 'none'") == {
+        "script-src": ("'self'",),
+        "object-src": ("'none'",),
+    }
+    assert parse_policy("") is None
+    assert parse_policy("not-a-directive x") is None
+    assert parse_policy("default-src 'self' \u00e9") is None
+    weak = csp_weaknesses({"default-src": ("'none'",), "script-src": ("'strict-dynamic'",)})
+    assert weak == {}
+    assert set(csp_weaknesses({"img-src": ("*",)})) >= {
+        "script-unrestricted",
+        "object-unrestricted",
+    }

@@ -8,7 +8,8 @@ what was asked and what came back without re-running the probe.
 The probes are read-only except :func:`check_rate_limit`, which sends a short, bounded burst to the
 endpoints a target *declares* sensitive. HTTPS requests are made with certificate verification
 off (environments often run self-signed certificates); the evidence records ``tls_verify: false``.
-Certificate validity is judged by :func:`check_tls`, not by the HTTP client.
+Certificate validity is judged by :func:`check_tls`, not by the HTTP client. Security headers
+and cookies are judged by their values in :mod:`airlock.checks.posture_headers`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from traceback import TracebackException
 from typing import Any
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 from cryptography.utils import CryptographyDeprecationWarning
@@ -33,6 +34,7 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkLocation
 
+from airlock.checks.posture_headers import Issue, judge, mask_cookie
 from airlock.findings import Finding, Severity
 
 CODES: dict[str, str] = {
@@ -42,6 +44,12 @@ CODES: dict[str, str] = {
     "posture.cert-expiring": "The leaf certificate expires in fewer days than the target allows.",
     "posture.cert-expired": "The leaf certificate has already expired.",
     "posture.missing-header": "A security response header is missing.",
+    "posture.invalid-header": "A security header's value is not understood, as if it were missing.",
+    "posture.weak-csp": "The Content-Security-Policy lets injected scripts or plugins run.",
+    "posture.hsts-short": "Strict-Transport-Security has a max-age shorter than six months.",
+    "posture.leaky-referrer": "Referrer-Policy sends the page's URL or origin to other sites.",
+    "posture.insecure-cookie": "A cookie lacks Secure, HttpOnly (sessions) or a valid SameSite.",
+    "posture.no-https-redirect": "Plain HTTP does not redirect to HTTPS on the same host.",
     "posture.cors-open": "CORS lets a foreign origin read responses (echoed, or * + credentials).",
     "posture.admin-exposed": "A declared admin path answers 2xx without credentials.",
     "posture.no-rate-limit": "A declared sensitive endpoint never answered 429 in a short burst.",
@@ -85,6 +93,10 @@ class Target:
     ``admin_paths`` must refuse anonymous requests; ``sensitive_paths`` (password reset, login)
     must be rate limited. A path may start with a method (``"POST /password-reset"``); the
     default is GET.
+
+    Plain HTTP must redirect to HTTPS: for an ``https`` target, ``http://HOST:http_port`` is
+    tried (``None`` skips it); an ``http`` target is held to it only when ``https_url`` names its
+    HTTPS address.
     """
 
     name: str
@@ -93,6 +105,8 @@ class Target:
     sensitive_paths: list[str] = field(default_factory=list)
     cert_min_days: int = 21
     burst: int = 30
+    http_port: int | None = 80
+    https_url: str | None = None
 
 
 class _Unreachable(Exception):
@@ -121,6 +135,8 @@ def _response_text(response: httpx.Response) -> str:
         value = response.headers.get(name)
         if value is not None:
             lines.append(f"{_title(name)}: {value}")
+    # cookie values are secrets: only names and attributes are shown
+    lines += [f"Set-Cookie: {mask_cookie(v)}" for v in response.headers.get_list("set-cookie")]
     return "\n".join(lines)
 
 
@@ -312,36 +328,95 @@ def check_tls(host: str, port: int, *, min_days: int, now: datetime | None = Non
 
 
 def check_headers(url: str) -> list[Finding]:
-    """GET ``url`` and report each missing security header as ``posture.missing-header``."""
+    """GET ``url`` and judge its security headers and cookies by their values.
+
+    Codes: ``posture.missing-header``, ``posture.invalid-header`` (a value browsers ignore),
+    ``posture.weak-csp``, ``posture.hsts-short``, ``posture.leaky-referrer`` and
+    ``posture.insecure-cookie``; the rules are in :mod:`airlock.checks.posture_headers`.
+    """
     try:
         with _client() as client:
             response, request = _send(client, "GET", url)
     except _Unreachable as err:
         return [_unreachable(url, err)]
-    headers = response.headers
-    missing: list[tuple[str, str]] = []
-    if urlsplit(url).scheme.lower() == "https" and "strict-transport-security" not in headers:
-        missing.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
-    csp = headers.get("content-security-policy")
-    if csp is None:
-        missing.append(("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'"))
-    if "x-frame-options" not in headers and "frame-ancestors" not in (csp or "").lower():
-        missing.append(("X-Frame-Options", "DENY (or CSP frame-ancestors)"))
-    if headers.get("x-content-type-options", "").strip().lower() != "nosniff":
-        missing.append(("X-Content-Type-Options", "nosniff"))
-    if "referrer-policy" not in headers:
-        missing.append(("Referrer-Policy", "strict-origin-when-cross-origin"))
+    issues = judge(
+        response.headers.multi_items(),
+        https=urlsplit(url).scheme.lower() == "https",
+        body=response.content,
+        content_type=response.headers.get("content-type", ""),
+    )
     evidence = _evidence(request, _response_text(response), url)
+    return [_issue_finding(url, issue, evidence) for issue in issues]
+
+
+def _issue_finding(url: str, issue: Issue, evidence: dict[str, Any]) -> Finding:
+    extra: dict[str, Any] = {"header": issue.header}
+    if issue.value is not None:
+        extra["value"] = issue.value
+    extra.update(issue.extra)
+    return Finding(
+        code=issue.code,
+        severity=issue.severity,
+        message=f"{url} {issue.message}",
+        hint=issue.hint,
+        evidence={**evidence, **extra},
+    )
+
+
+def check_https_redirect(http_url: str, https_url: str) -> list[Finding]:
+    """GET ``http_url`` (redirects not followed): it must redirect to https on the host of
+    ``https_url``.
+
+    Nothing answering is fine (the site is not served over plain HTTP). Content (2xx) served over
+    plain HTTP is an error; any other answer that is not such a redirect (another status, a first
+    redirect to another host or to http) is a warning. Both are ``posture.no-https-redirect``.
+    """
+    try:
+        with _client() as client:
+            response, request = _send(client, "GET", http_url)
+    except _Unreachable:
+        return []
+    host = (urlsplit(https_url).hostname or "").lower()
+    status = response.status_code
+    location = response.headers.get("location")
+    severity = Severity.WARNING
+    if 300 <= status < 400 and location:
+        target = urlsplit(urljoin(http_url, location.strip()))
+        if target.scheme.lower() == "https" and (target.hostname or "").lower() == host:
+            return []
+        if target.scheme.lower() == "https":
+            why = (
+                f"redirects to another host first ({target.hostname}), so browsers never see "
+                f"the HSTS header of {host}"
+            )
+        else:
+            why = f"redirects to {location.strip()!r}, which is not https"
+    elif 300 <= status < 400:
+        why = f"answers {status} without a Location header"
+    elif 200 <= status < 300:
+        why = f"serves content ({status}) over plain HTTP instead of redirecting to https"
+        severity = Severity.ERROR
+    else:
+        why = f"answers {status} instead of redirecting to https"
     return [
         Finding(
-            code="posture.missing-header",
-            severity=Severity.WARNING,
-            message=f"{url} does not send {name}",
-            hint=f"send {name}: {example}",
-            evidence={**evidence, "header": name},
+            code="posture.no-https-redirect",
+            severity=severity,
+            message=f"{http_url} {why}",
+            hint=f"answer plain HTTP with 301 to https://{host}/… (same host), and send HSTS there",
+            evidence=_evidence(request, _response_text(response), http_url, expected_host=host),
         )
-        for name, example in missing
     ]
+
+
+def _plain_http_url(url: str, port: int) -> str:
+    """``https://host:8443/app`` -> ``http://host:PORT/app`` (no port shown for 80)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port == 80 else f"{host}:{port}"
+    return urlunsplit(("http", netloc, parts.path or "/", parts.query, ""))
 
 
 def check_cors(url: str) -> list[Finding]:
@@ -483,6 +558,10 @@ def probe(target: Target) -> list[Finding]:
     if parts.scheme.lower() == "https" and parts.hostname:
         findings += check_tls(parts.hostname, parts.port or 443, min_days=target.cert_min_days)
     findings += check_headers(target.url)
+    if parts.scheme.lower() == "https" and target.http_port is not None:
+        findings += check_https_redirect(_plain_http_url(target.url, target.http_port), target.url)
+    elif parts.scheme.lower() == "http" and target.https_url:
+        findings += check_https_redirect(target.url, target.https_url)
     findings += check_cors(target.url)
     findings += check_admin(target.url, target.admin_paths)
     findings += check_rate_limit(target.url, target.sensitive_paths, target.burst)
