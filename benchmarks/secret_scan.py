@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import string
 import subprocess
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.checks.leaks import scan_repository
+from airlock.checks.leaks import KINDS, scan_repository, scan_text
+from airlock.checks.secret_formats import FORMAT_KINDS, FORMATS, sample
 
 TARGET_BYTES_PER_COMMIT = 21 * 2**10  # about 50 MB of unique blobs at 2,000 commits
 START = 1_640_995_200  # 2022-01-01
@@ -446,6 +448,11 @@ def planted(rng: random.Random, kind: str, variant: int) -> Plant:
             f"DATABASE_URL={scheme}://{user}:{v}@db.internal.example.org:5432/main",
             f'engine = create_engine("{scheme}://{user}:{v}@10.0.3.7/main")',
         ]
+    elif kind in FORMAT_KINDS:
+        shapes = [shape for fmt in FORMATS if fmt.kind == kind for shape in fmt.shapes]
+        v = sample(rng.choice(shapes), rng)
+        name = kind.upper().replace("-", "_")
+        forms = [f'{name} = "{v}"', f"  {kind}: {v}", f'    "{kind}": "{v}",']
     else:  # generic-secret
         v = b64(rng, rng.choice([16, 24, 32]), alnum + "!#%^*-_")
         while not any(c.isdigit() for c in v):
@@ -476,7 +483,171 @@ PLANT_KINDS = [
     ("jwt", 2),
     ("database-url", 4),
     ("generic-secret", 6),
+    ("gitlab-token", 1),
+    ("openai-api-key", 1),
+    ("anthropic-api-key", 1),
+    ("npm-token", 1),
+    ("pypi-token", 1),
+    ("huggingface-token", 1),
+    ("age-secret-key", 1),
+    ("telegram-bot-token", 1),
 ]
+
+
+# -- the per-family corpus ---------------------------------------------------------------------
+#
+# Fake keys of every documented format (``secret_formats.FORMATS``), drawn from a seeded RNG with
+# valid checksums where the format has one, each written the ways real files hold keys; and
+# texts that look like keys but are not. Scanned with ``scan_text``, one text at a time.
+
+CONTEXTS: list[tuple[str, Callable[[str, str], str]]] = [
+    (".env", lambda name, v: f"# {name.lower()} for the worker\n{name}={v}\n"),
+    ("settings.py", lambda name, v: f'import os\n\n{name} = os.environ.get("{name}", "{v}")\n'),
+    ("client.js", lambda name, v: f'const client = new Client({{ auth: "{v}" }});\n'),
+    ("config.json", lambda name, v: f'{{\n  "service": "billing",\n  "credentials": "{v}"\n}}\n'),
+    ("deploy.yaml", lambda name, v: f"env:\n  - name: {name}\n    value: {v}\n"),
+    ("app.ini", lambda name, v: f"[upstream]\nhost = api.internal\nkey = {v}\n"),
+    ("notes.md", lambda name, v: f"Run it with `curl -H 'X-Key: {v}' https://api.internal/`.\n"),
+]
+MIXED_CASE_RUN = "AsDfGhJk"
+_LONG_FIELD = re.compile(r"\{(b62|url|b64|alpha):(\d+)\}")
+
+
+def with_mixed_case_run(shape: str) -> str | None:
+    """``shape`` with a keyboard run in mixed case inside its first long random field."""
+    m = next((m for m in _LONG_FIELD.finditer(shape) if int(m.group(2)) >= 16), None)
+    if m is None:
+        return None
+    rest = int(m.group(2)) - len(MIXED_CASE_RUN) - 4
+    return (
+        f"{shape[: m.start()]}{{{m.group(1)}:4}}{MIXED_CASE_RUN}{{{m.group(1)}:{rest}}}"
+        + (shape[m.end() :])
+    )
+
+
+def true_positives(seed: int) -> list[tuple[str, str, str, str]]:
+    """(family, path, text, value): every format's shapes, in every context, plus one key of
+    each format with a mixed-case keyboard run in its random part."""
+    rng = random.Random(seed)
+    cases = []
+    for fmt in FORMATS:
+        name = fmt.kind.upper().replace("-", "_")
+        lead = f"# {fmt.context[0].decode()}\n" if fmt.context else ""
+        shapes = list(fmt.shapes)
+        mixed = [m for m in map(with_mixed_case_run, shapes) if m]
+        for shape in shapes + mixed[:1]:
+            for path, context in CONTEXTS:
+                value = sample(shape, rng)
+                secret = re.search(fmt.pattern, value.encode())  # the secret in the sample
+                key = secret["v"].decode() if secret and "v" in secret.re.groupindex else value
+                cases.append((fmt.kind, path, lead + context(name, value), key))
+    return cases
+
+
+def false_positives(seed: int) -> list[tuple[str, str]]:
+    """(path, text): what looks like a key and is not, as it appears in real files."""
+    rng = random.Random(seed)
+    text = Text(rng)
+    out: list[tuple[str, str]] = []
+    for _ in range(40):
+        out.append(("src/app/hashes.py", f'DIGESTS = ["{hexs(rng, 64)}", "{hexs(rng, 40)}"]\n'))
+        out.append(("db/fixtures.json", f'{{"id": "{text.uuid()}", "etag": "{hexs(rng, 32)}"}}\n'))
+        image = base64.b64encode(rng.randbytes(300)).decode()
+        out.append(
+            ("web/logo.css", f".logo {{ background: url(data:image/png;base64,{image}); }}\n")
+        )
+        out.append(("package-lock.json", "\n".join(text.package_lock()) + "\n"))
+        out.append(("requirements.txt", "\n".join(text.requirements()) + "\n"))
+        out.append(("CHANGELOG.md", "\n".join(text.changelog()) + "\n"))
+        out.append(("deploy/app.yaml", "\n".join(text.yaml()) + "\n"))
+        out.append(("src/app/view.py", "\n".join(text.python()) + "\n"))
+        sri = base64.b64encode(rng.randbytes(48)).decode()
+        out.append(("web/index.html", f'<script src="app.js" integrity="sha384-{sri}"></script>\n'))
+        out.append(
+            (
+                "go.sum",
+                f"example.org/mod v1.2.3 h1:{base64.b64encode(rng.randbytes(32)).decode()}\n",
+            )
+        )
+    placeholders = [
+        "GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "GITLAB_TOKEN=glpat-xxxxxxxxxxxxxxxxxxxx",
+        "OPENAI_API_KEY=sk-proj-your-key-here",
+        'ANTHROPIC_API_KEY="sk-ant-api03-<your-key>"',
+        "SLACK_APP_TOKEN=xapp-1-XXXXXXXXXXX-0000000000000-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "SLACK_BOT_TOKEN=xoxb-your-bot-token",
+        "STRIPE_SECRET_KEY=sk_live_************************",
+        "NPM_TOKEN=npm_<TOKEN>",
+        "HF_TOKEN=hf_your_token_here",
+        "PYPI_TOKEN=pypi-<your-token>",
+        "DOCKERHUB_TOKEN=dckr_pat_XXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "SENTRY_AUTH_TOKEN=sntrys_YOUR_TOKEN_HERE",
+        "LINEAR_API_KEY=lin_api_0000000000000000000000000000000000000000",
+        "DO_TOKEN=dop_v1_" + "0" * 64,
+        "age: AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
+        "VAULT_TOKEN=hvs.<token>",
+        "DATABRICKS_TOKEN=dapi" + "x" * 32,
+        "export TF_TOKEN=xxxxxxxxxxxxxx.atlasv1." + "x" * 67,
+        "TELEGRAM_TOKEN=123456789:AAxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "GRAFANA_TOKEN=glsa_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_xxxxxxxx",
+        "Use `https://user:password@proxy.example.org:3128` as the proxy.",
+        'auth = "Bearer <TOKEN>"',
+    ]
+    out.extend(("docs/setup.md", f"```bash\n{line}\n```\n") for line in placeholders)
+    # documentation examples that show a format with a made-up, obviously fake value
+    docs = [
+        "Tokens look like `ghp_` and 36 characters: `ghp_abcdefghijklmnopqrstuvwxyz0123456789`.",
+        "A Slack webhook: "
+        "`https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX`.",
+        "The key id is `AKIAIOSFODNN7EXAMPLE`, "
+        "the secret `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`.",
+        "Set `OPENAI_API_KEY` (it starts with `sk-`) in your shell.",
+        "JWTs have three parts: `header.payload.signature`.",
+    ]
+    out.extend(("docs/tokens.md", line + "\n") for line in docs)
+    return out
+
+
+def corpus(scan: Callable[..., Any] = scan_text, seed: int = 7) -> dict[str, Any]:
+    """Recall and false positives per family on the corpus (``scan`` is ``scan_text``)."""
+    per: dict[str, dict[str, int]] = {}
+    positives = true_positives(seed)
+    mixed = [0, 0]  # planted, found
+    for family, path, text, value in positives:
+        row = per.setdefault(family, {"planted": 0, "found": 0, "false_positives": 0})
+        row["planted"] += 1
+        mixed[0] += MIXED_CASE_RUN in value
+        hits = scan(text, path=path)
+        if any(hit.value == value for hit in hits):
+            row["found"] += 1
+            mixed[1] += MIXED_CASE_RUN in value
+        row["false_positives"] += sum(1 for hit in hits if hit.value not in value)
+    negatives = false_positives(seed)
+    fp_kinds: dict[str, int] = {}
+    for path, text in negatives:
+        for hit in scan(text, path=path):
+            fp_kinds[hit.kind] = fp_kinds.get(hit.kind, 0) + 1
+    for kind, count in fp_kinds.items():
+        per.setdefault(kind, {"planted": 0, "found": 0, "false_positives": 0})
+        per[kind]["false_positives"] += count
+    found = sum(row["found"] for row in per.values())
+    return {
+        "corpus_families": len({fmt.kind for fmt in FORMATS}),
+        "corpus_planted": len(positives),
+        "corpus_recall": round(found / max(len(positives), 1), 3),
+        "corpus_negative_texts": len(negatives),
+        "corpus_false_positives": sum(row["false_positives"] for row in per.values()),
+        "corpus_mixed_case_run_planted": mixed[0],
+        "corpus_mixed_case_run_found": mixed[1],
+        "corpus_per_family": {
+            kind: {
+                **row,
+                "recall": round(row["found"] / row["planted"], 3) if row["planted"] else None,
+            }
+            for kind, row in sorted(per.items())
+        },
+        "corpus_unknown_kinds": sorted(set(per) - set(KINDS)),
+    }
 
 
 # -- the repository ----------------------------------------------------------------------------
@@ -768,6 +939,7 @@ def run(commits: int, seed: int, workers: int | None) -> dict[str, Any]:
             "build_seconds": round(build_seconds, 1),
         }
         report.update(detect_secrets(repo_dir, plants, present))
+        report.update(corpus(seed=seed))
         return report
 
 

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import string
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,13 @@ from airlock.checks.baseline import (
     write_baseline,
 )
 from airlock.checks.leaks import scan_repository, scan_staged, scan_text, scan_working_tree
+from airlock.checks.secret_formats import (
+    FORMATS,
+    KeyFormat,
+    bech32_ok,
+    crc32_base62_ok,
+    sample,
+)
 from airlock.errors import UsageError
 
 UPPER = string.ascii_uppercase + string.digits
@@ -199,6 +208,11 @@ CASES = [
         f'api_key = "{fake("", 24)}"',
         'api_key = os.environ["API_KEY"]',
     ),
+    (
+        "url-credentials",
+        f'PIP_INDEX_URL = "https://deploy:{fake("", 20)}@pypi.internal.example.org/simple"',
+        'PIP_INDEX_URL = "https://deploy:${PYPI_PASSWORD}@pypi.internal.example.org/simple"',
+    ),
 ]
 
 
@@ -214,8 +228,278 @@ def test_each_detector_finds_its_secret_and_not_a_near_miss(
 
 
 def test_every_kind_has_a_case() -> None:
-    """The detector table above covers every kind the scanner knows."""
-    assert {kind for kind, _, _ in CASES} == set(leaks.KINDS)
+    """The detector table above and the provider formats cover every kind the scanner knows."""
+    covered = {kind for kind, _, _ in CASES} | {fmt.kind for fmt in FORMATS}
+    assert covered == set(leaks.KINDS)
+
+
+# -- provider formats --------------------------------------------------------------------------
+
+# How files hold keys: (path, text around ``{v}``, the name the key is given)
+FILE_CONTEXTS = [
+    ("config/app.toml", '[upstream]\nhost = "api.internal"\ncredential = "{v}"\nretries = 3\n'),
+    (".env", "# worker settings\nLOG_LEVEL=info\n{name}={v}\nPORT=8080\n"),
+    ("src/app/client.py", 'import httpx\n\n\ndef client():\n    return Client(auth="{v}")\n'),
+    (
+        "fixtures/service.json",
+        '{{\n  "service": "billing",\n  "auth": "{v}",\n  "retries": 3\n}}\n',
+    ),
+]
+
+
+def format_texts(seed: int = 0) -> list[tuple[str, str, str, str, str]]:
+    """(kind, shape, path, text, key): every shape of every format, in every file context."""
+    rng = random.Random(seed)
+    texts = []
+    for fmt in FORMATS:
+        lead = f"# {fmt.context[0].decode()} settings\n" if fmt.context else ""
+        for shape in fmt.shapes:
+            for path, context in FILE_CONTEXTS:
+                value = sample(shape, rng)
+                text = lead + context.format(v=value, name=fmt.kind.upper().replace("-", "_"))
+                texts.append((fmt.kind, shape, path, text, secret_of(fmt, value)))
+    return texts
+
+
+def secret_of(fmt: KeyFormat, value: str) -> str:
+    """The part of a sample the scanner reports (``AccountKey=…`` reports what follows ``=``)."""
+    m = re.search(fmt.pattern, value.encode())
+    assert m is not None, f"{fmt.kind}: the sample {value[:12]}… does not match its own pattern"
+    return m["v"].decode() if "v" in m.re.groupindex else value
+
+
+FORMAT_TEXTS = format_texts()
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "text", "key"),
+    [(kind, path, text, key) for kind, _, path, text, key in FORMAT_TEXTS],
+    ids=[f"{shape[:16]}-{path}" for _, shape, path, _, _ in FORMAT_TEXTS],
+)
+def test_every_provider_format_is_found_in_config_env_code_and_json(
+    kind: str, path: str, text: str, key: str
+) -> None:
+    """Each documented format is reported with its kind, on its line, in every kind of file."""
+    hits = scan_text(text, path=path)
+    assert [(hit.kind, hit.value) for hit in hits] == [(kind, key)]
+    (hit,) = hits
+    assert hit.line == text[: text.index(key)].count("\n") + 1
+    assert hit.masked == key[:4] + "…" and key[4:] not in repr(hit)
+
+
+RUN = "AsDfGhJk"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ghp_" + fake("", 10, seed=1) + RUN + fake("", 18, seed=1),
+        "sk_" + "live_" + fake("", 8, seed=2) + RUN + fake("", 16, seed=2),
+        "rk_" + "live_" + fake("", 8, seed=3) + RUN + fake("", 83, seed=3),
+        "glpat-" + fake("", 4, seed=4) + RUN + fake("", 8, seed=4),
+        "xoxb-"
+        + fake("", 13, string.digits)
+        + "-"
+        + fake("", 12, string.digits)
+        + "-"
+        + fake("", 8, seed=5)
+        + RUN
+        + fake("", 8, seed=5),
+        "hf_"
+        + fake("", 10, string.ascii_letters)
+        + "QwErTyUiOp"
+        + fake("", 14, string.ascii_letters),
+        "AIza" + fake("", 12, seed=6) + "AbCdEfGhIj" + fake("", 13, seed=6),
+    ],
+    ids=["github", "stripe-live", "stripe-restricted", "gitlab", "slack", "huggingface", "google"],
+)
+def test_a_key_with_a_mixed_case_keyboard_run_is_not_a_placeholder(key: str) -> None:
+    """A mixed-case run like ``AsDfGhJk`` or ``QwErTyUi`` inside a known key format is chance."""
+    (hit,) = scan_text(f'TOKEN = "{key}"\n', path="app.py")
+    assert hit.value == key
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ghp_" + "x" * 36,
+        "ghp_" + "asdfghjk" * 4 + "1234",
+        "glpat-" + "X" * 20,
+        "glpat-your_token_here_123",
+        "sk-proj-<TOKEN>",
+        "hf_" + "a" * 34,
+        "npm_" + "EXAMPLE" * 5 + "1",
+        "xoxb-" + "0" * 12 + "-" + "0" * 12 + "-" + "x" * 24,
+    ],
+)
+def test_obvious_placeholders_in_a_key_format_are_still_placeholders(value: str) -> None:
+    """``xxxx``, ``your_token_here``, ``<TOKEN>``, single-case runs and repeats are not keys."""
+    assert scan_text(f"TOKEN={value}\n", path=".env") == []
+
+
+def test_checksums_are_verified() -> None:
+    """GitHub's and npm's CRC32 and age's bech32 checksums hold for real shapes, not for others."""
+    rng = random.Random(3)
+    github = sample("ghp_{b62:30}{crc}", rng)
+    assert crc32_base62_ok(github[4:].encode())
+    assert not crc32_base62_ok((github[4:-1] + ("A" if github[-1] != "A" else "B")).encode())
+    age = sample("{age}", rng)
+    assert bech32_ok("age-secret-key-", age[len("AGE-SECRET-KEY-1") :].encode())
+    assert not bech32_ok("age-secret-key-", age[len("AGE-SECRET-KEY-1") : -1].encode() + b"Q")
+
+
+def test_a_key_with_a_valid_checksum_is_reported_however_it_looks() -> None:
+    """A GitHub token whose checksum holds is real even if its random part looks like a word."""
+    body = "Example" + "Token" * 4 + "abcdefgh"[:3]
+    token = "ghp_" + body + leaks_base62_crc(body)
+    (hit,) = scan_text(f"GH_TOKEN={token}\n", path=".env")
+    assert hit.value == token
+
+
+def leaks_base62_crc(body: str) -> str:
+    from airlock.checks.secret_formats import base62
+
+    return base62(zlib.crc32(body.encode()), 6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Slack: app-level, configuration and refresh, legacy tokens; workflow and trigger URLs
+        "SLACK_APP_TOKEN=xapp-1-A"
+        + fake("", 10, UPPER)
+        + "-"
+        + fake("", 13, string.digits)
+        + "-"
+        + fake("", 64, HEX),
+        "SLACK_CONFIG_TOKEN=xoxe.xoxp-1-" + fake("", 163),
+        "SLACK_REFRESH_TOKEN=xoxe-1-" + fake("", 146),
+        "token: xoxs-"
+        + "-".join(fake("", 10, string.digits, seed=n) for n in range(3))
+        + "-"
+        + fake("", 10, HEX),
+        "url = https://hooks.slack.com/workflows/"
+        + fake("T", 10, UPPER)
+        + "/"
+        + fake("A", 10, UPPER)
+        + "/"
+        + fake("", 18, string.digits)
+        + "/"
+        + fake("", 24),
+        "url = https://hooks.slack.com/triggers/"
+        + fake("T", 10, UPPER)
+        + "/"
+        + fake("", 13, string.digits)
+        + "/"
+        + fake("", 32, HEX),
+        # Stripe restricted keys
+        f'stripe.api_key = "{fake("rk_" + "live_", 99)}"',
+        f'stripe.api_key = "{fake("rk_" + "test_", 99)}"',
+        # OpenAI project keys
+        f'OpenAI(api_key="sk-proj-{fake("", 74, ALNUM + "_-")}T3BlbkFJ'
+        f'{fake("", 74, ALNUM + "_-", seed=1)}")',
+    ],
+)
+def test_token_families_that_used_to_be_missed(text: str) -> None:
+    """Slack app/config/legacy tokens and workflow URLs, Stripe restricted keys, OpenAI keys."""
+    assert len(scan_text(text + "\n", path="app.py")) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{ "alg": "RS256", "typ": "JWT" }',
+        '{\n  "alg": "ES256",\n  "kid": "2024-01"\n}',
+        '{\r\n"typ":"JWT",\r\n"alg":"HS512"}',
+        '{\t"alg": "EdDSA"}',
+        '{"kid":"k1","typ":"at+jwt","alg":"PS256","x5t#S256":"abc"}',
+    ],
+)
+def test_jwts_with_unusual_headers_are_found(header: str) -> None:
+    """Headers that start with a space, newline or tab, or name ``alg`` late, are JWTs too."""
+    token = jwt_with_raw_header(header)
+    (hit,) = scan_text(f'EXPIRED = "{token}"\n', path="tests/test_auth.py")
+    assert (hit.kind, hit.value) == ("jwt", token)
+
+
+def jwt_with_raw_header(header: str) -> str:
+    payload = b64url(json.dumps({"sub": "42", "iat": 1700000000}).encode())
+    return f"{b64url(header.encode())}.{payload}.{b64url(random.Random(8).randbytes(64))}"
+
+
+def false_positive_texts() -> list[tuple[str, str]]:
+    """Texts full of things that look like keys and are not: hashes, ids, images, examples."""
+    rng = random.Random(11)
+    hexes = ["".join(rng.choice(HEX) for _ in range(n)) for n in (32, 40, 64, 128)]
+    uuids = [
+        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+        for h in ("".join(rng.choice(HEX) for _ in range(32)) for _ in range(5))
+    ]
+    image = base64.b64encode(rng.randbytes(600)).decode()
+    integrity = base64.b64encode(rng.randbytes(64)).decode()
+    sri = base64.b64encode(rng.randbytes(48)).decode()
+    go_sum = base64.b64encode(rng.randbytes(32)).decode()
+    return [
+        ("src/hashes.py", "\n".join(f'DIGEST_{i} = "{h}"' for i, h in enumerate(hexes)) + "\n"),
+        ("fixtures/ids.json", json.dumps({"ids": uuids, "etag": hexes[0]}, indent=2)),
+        ("web/logo.css", f".logo {{ background: url(data:image/png;base64,{image}); }}\n"),
+        (
+            "web/package-lock.json",
+            f'{{"node_modules/left-pad": {{"integrity": "sha512-{integrity}"}}}}\n',
+        ),
+        ("web/index.html", f'<script src="a.js" integrity="sha384-{sri}"></script>\n'),
+        ("go.sum", f"example.org/mod v1.2.3 h1:{go_sum}\n"),
+        (
+            "uv.lock",
+            f'sdist = {{ url = "https://files.example.org/a.tgz", hash = "sha256:{hexes[2]}" }}\n',
+        ),
+        ("deploy/app.yaml", f"image: registry.example.org/app@sha256:{hexes[2]}\n"),
+        (
+            "docs/setup.md",
+            "\n".join(
+                [
+                    "GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                    "GITLAB_TOKEN=glpat-xxxxxxxxxxxxxxxxxxxx",
+                    "OPENAI_API_KEY=sk-proj-your-key-here",
+                    'ANTHROPIC_API_KEY="sk-ant-api03-<your-key>"',
+                    "SLACK_APP_TOKEN=xapp-1-XXXXXXXXXXX-0000000000000-" + "x" * 64,
+                    "SLACK_BOT_TOKEN=xoxb-your-bot-token",
+                    "NPM_TOKEN=npm_<TOKEN>",
+                    "HF_TOKEN=hf_your_token_here",
+                    "DOCKERHUB_TOKEN=dckr_pat_XXXXXXXXXXXXXXXXXXXXXXXXXXX",
+                    "DO_TOKEN=dop_v1_" + "0" * 64,
+                    "AGE_KEY=AGE-SECRET-KEY-1" + "Q" * 58,
+                    "DATABRICKS_TOKEN=dapi" + "x" * 32,
+                    "TELEGRAM_TOKEN=123456789:AA" + "x" * 33,
+                    "Tokens look like `ghp_abcdefghijklmnopqrstuvwxyz0123456789`.",
+                    "Proxy: `https://user:password@proxy.example.org:3128`.",
+                    "JWTs have three parts: `header.payload.signature`.",
+                    "AWS example: AKIA" + "IOSFODNN7EXAMPLE",
+                ]
+            )
+            + "\n",
+        ),
+        ("src/app/view.py", 'SESSION_COOKIE = "session"\ncache_key = f"key-{user.id}"\n'),
+        (
+            "tests/test_urls.py",
+            'URL("https://jo%40example.org:a%20secret@example.org:1234/")\n'
+            '"http://john%40example.org:P%40SSWORD@localhost:3128/"\n'
+            "MultiHostUrl('https://foo.example.org:123,foo:bar@bar.example.org/path')\n",
+        ),
+    ]
+
+
+def test_every_kind_is_documented() -> None:
+    """docs/secrets.md names every kind the scanner reports."""
+    docs = (Path(__file__).parent.parent / "docs" / "secrets.md").read_text()
+    assert [kind for kind in leaks.KINDS if f"`{kind}`" not in docs] == []
+
+
+@pytest.mark.parametrize(("path", "text"), false_positive_texts())
+def test_nothing_is_found_in_the_false_positive_corpus(path: str, text: str) -> None:
+    """Hashes, UUIDs, base64 images, lockfile integrity strings, placeholders and documented
+    examples are not secrets."""
+    assert scan_text(text, path=path) == []
 
 
 VALUE = fake("", 20, ALNUM + "#%!", seed=3)
@@ -594,7 +878,7 @@ def test_no_output_error_finding_or_baseline_contains_a_secret(
     repo: GitRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Nothing the scanner returns, writes or raises holds a planted value."""
-    planted = [text for _, text, _ in CASES]
+    planted = [text for _, text, _ in CASES] + [text for *_, text, _ in FORMAT_TEXTS[::4]]
     repo.write("everything.py", "\n".join(planted) + "\n")
     repo.commit("all kinds", "2023-01-01T00:00:00+00:00")
     repo.remove("everything.py")

@@ -41,9 +41,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from airlock.checks.secret_formats import FORMAT_KINDS, FORMATS, KeyFormat
 from airlock.errors import Location, UsageError
 from airlock.findings import Finding, Severity
 
@@ -74,6 +76,7 @@ KINDS: dict[str, str] = {
     "jwt": "JSON Web Token",
     "database-url": "database URL with a password",
     "generic-secret": "high-entropy value assigned to a secret-like name",
+    **FORMAT_KINDS,
 }
 
 #: Lockfiles hold package hashes, never hand-written secrets: only the specific detectors (key
@@ -184,17 +187,29 @@ _PLACEHOLDER = re.compile(
 _RUN = re.compile(rb"(.)\1{5}")
 
 
-def is_placeholder(value: bytes) -> bool:
+def is_placeholder(value: bytes, *, case_sensitive: bool = False) -> bool:
     """True for values that stand for a secret rather than being one.
 
     ``xxxx``, ``changeme``, ``<your-key>``, ``${VAR}``, ``{{ var }}``, ``example``, six equal
     characters in a row, runs like ``12345678`` or ``abcdefgh``, three or fewer distinct
     characters, and well-known default passwords (``password``, ``postgres``, ``guest`` …).
+
+    With ``case_sensitive`` (for the random part of a key whose format was recognised), a word
+    or run counts only when written in one case or capitalised (``EXAMPLE``, ``Example``,
+    ``qwertyui``): a random key has mixed-case runs like ``AsDfGhJk`` or ``xXxX`` by chance.
     """
     lowered = value.lower()
     if lowered in _PLACEHOLDER_VALUES or len(set(lowered)) <= 3:
         return True
-    return _PLACEHOLDER.search(lowered) is not None or _RUN.search(lowered) is not None
+    if not case_sensitive:
+        return _PLACEHOLDER.search(lowered) is not None or _RUN.search(lowered) is not None
+    if _RUN.search(value) is not None:
+        return True
+    for m in _PLACEHOLDER.finditer(lowered):
+        written = value[m.start() : m.end()]
+        if written in (m.group(), written.upper(), m.group().capitalize()):
+            return True
+    return False
 
 
 def _fingerprint(value: bytes) -> str:
@@ -228,8 +243,10 @@ def _preceded_by(data: bytes, start: int, chars: frozenset[int]) -> bool:
     return start > 0 and data[start - 1] in chars
 
 
-def _looks_random(value: bytes, bits: float) -> bool:
-    return not is_placeholder(value) and shannon_entropy(value) >= bits
+def _looks_random(value: bytes, bits: float, *, case_sensitive: bool = False) -> bool:
+    return (
+        not is_placeholder(value, case_sensitive=case_sensitive) and shannon_entropy(value) >= bits
+    )
 
 
 class _KeyFormat:
@@ -239,7 +256,15 @@ class _KeyFormat:
     substring search. When ``needles`` are given, the pattern runs only on a text that contains
     one of them (``needle in data`` is faster still). A match right after a character of
     ``left`` is the tail of a longer token and does not count; the placeholder test (and
-    ``valid``) apply to the match from ``body_from`` on, past the fixed prefix.
+    ``valid``) apply to the match from ``body_from`` on, past the fixed prefix, or to the
+    pattern's group ``b`` when it has one; a group ``v`` is the secret when it is not the whole
+    match.
+
+    Formats from :data:`~airlock.checks.secret_formats.FORMATS` add: an ``anchor`` (literal
+    text inside the key, around which a pattern that does not start with a literal is tried),
+    ``context`` words one of which the text must contain, and a ``checksum``: a key whose
+    checksum holds is reported however it looks, others must pass the placeholder test (in
+    its case-sensitive form, see :func:`is_placeholder`) and ``valid``.
     """
 
     def __init__(
@@ -247,10 +272,14 @@ class _KeyFormat:
         kind: str | Callable[[bytes], str],
         pattern: bytes,
         *,
-        body_from: int,
+        body_from: int = 0,
         needles: tuple[bytes, ...] = (),
         left: frozenset[int] = _ALNUM,
         valid: Callable[[bytes], bool] | None = None,
+        checksum: Callable[[bytes], bool] | None = None,
+        anchor: bytes = b"",
+        window: int = 256,
+        context: tuple[bytes, ...] = (),
     ) -> None:
         self.kind = kind
         self.pattern = re.compile(pattern)
@@ -258,18 +287,77 @@ class _KeyFormat:
         self.needles = needles
         self.left = left
         self.valid = valid
+        self.checksum = checksum
+        self.anchor = anchor
+        self.window = window
+        # each context word as people write it: lower case, capitalised, upper case
+        self.context = tuple(
+            {form for word in context for form in (word, word.capitalize(), word.upper())}
+        )
+        self.groups = self.pattern.groupindex
+
+    def _matches(self, data: bytes) -> Iterable[re.Match[bytes]]:
+        if not self.anchor:
+            yield from self.pattern.finditer(data)
+            return
+        seen: set[int] = set()
+        at = data.find(self.anchor)
+        while at >= 0:
+            low, high = max(0, at - self.window), min(len(data), at + self.window)
+            for m in self.pattern.finditer(data, low, high):
+                cut = m.end() == high and high < len(data)  # may go on past the window
+                if m.start() <= at < m.end() and not cut and m.start() not in seen:
+                    seen.add(m.start())
+                    yield m
+            at = data.find(self.anchor, at + len(self.anchor))
 
     def __call__(self, data: bytes, out: list[_Raw]) -> None:
         if self.needles and not any(needle in data for needle in self.needles):
             return
-        for m in self.pattern.finditer(data):
-            value = m.group()
-            body = value[self.body_from :]
-            if _preceded_by(data, m.start(), self.left) or is_placeholder(body):
+        if self.anchor and self.anchor not in data:
+            return
+        if self.context and not any(word in data for word in self.context):
+            return
+        for m in self._matches(data):
+            if _preceded_by(data, m.start(), self.left):
                 continue
-            if self.valid is None or self.valid(body):
-                kind = self.kind if isinstance(self.kind, str) else self.kind(value)
-                out.append((m.start(), kind, value))
+            value = m.group("v") if "v" in self.groups else m.group()
+            body = m.group("b") if "b" in self.groups else m.group()[self.body_from :]
+            confirmed = self.checksum is not None and self.checksum(body)
+            if not confirmed and (
+                is_placeholder(body, case_sensitive=True)
+                or (self.valid is not None and not self.valid(body))
+            ):
+                continue
+            kind = self.kind if isinstance(self.kind, str) else self.kind(value)
+            start = m.start("v") if "v" in self.groups else m.start()
+            out.append((start, kind, value))
+
+    @classmethod
+    def of(cls, fmt: KeyFormat) -> _KeyFormat:
+        """The detector of one documented provider format."""
+
+        def valid(body: bytes) -> bool:
+            return (
+                len(body) >= fmt.min_length
+                and sum(c in _DIGIT_BYTES for c in body) >= fmt.min_digits
+                and shannon_entropy(body) >= fmt.entropy
+            )
+
+        return cls(
+            fmt.kind,
+            fmt.pattern,
+            left=_LEFT[fmt.left],
+            valid=valid,
+            checksum=fmt.checksum,
+            anchor=fmt.anchor,
+            window=fmt.window,
+            context=fmt.context,
+        )
+
+
+_DIGIT_BYTES = frozenset(b"0123456789")
+_LEFT = {"alnum": _ALNUM, "token": _TOKEN_CHARS, "name": _NAME_CHARS, "none": frozenset()}
 
 
 def _stripe_kind(value: bytes) -> str:
@@ -283,11 +371,8 @@ def _entropy_at_least(bits: float) -> Callable[[bytes], bool]:
     return check
 
 
-def _slack_token_ok(body: bytes) -> bool:
-    return len(body) >= 20 and sum(c in b"0123456789" for c in body) >= 4
-
-
-_AWS_ID = re.compile(rb"A[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])")
+_AWS_ID = re.compile(rb"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
+_AWS_ID_NEEDLES = (b"AKIA", b"ASIA", b"ABIA", b"ACCA")
 _AWS_SECRET = re.compile(rb"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _TWILIO_SID = re.compile(rb"AC[0-9a-f]{32}(?![A-Za-z0-9])")
 _HEX32 = re.compile(rb"(?<![A-Za-z0-9])[0-9a-f]{32}(?![A-Za-z0-9])")
@@ -301,12 +386,15 @@ def _aws_secret_ok(value: bytes) -> bool:
 
 
 def _detect_aws(data: bytes, out: list[_Raw]) -> None:
-    """Access key ids (``AKIA``/``ASIA`` + 16), and a 40-character secret right after one."""
-    if b"AKIA" not in data and b"ASIA" not in data:
+    """Access key ids (``AKIA``/``ASIA``/``ABIA``/``ACCA`` + 16), and a 40-character secret
+    right after one."""
+    if not any(needle in data for needle in _AWS_ID_NEEDLES):
         return
     for m in _AWS_ID.finditer(data):
         body = m.group()[4:]
-        if _preceded_by(data, m.start(), _ALNUM) or not _looks_random(body, 2.5):
+        if _preceded_by(data, m.start(), _ALNUM) or not _looks_random(
+            body, 2.5, case_sensitive=True
+        ):
             continue
         out.append((m.start(), "aws-access-key-id", m.group()))
         pair = _AWS_SECRET.search(data, m.end(), m.end() + _PAIR_WINDOW)
@@ -353,14 +441,18 @@ def _detect_private_keys(data: bytes, out: list[_Raw]) -> None:
                 continue
             parts.append(run.group())
         body = b"".join(parts)
-        if len(body) >= 64 and not is_placeholder(body):
+        if len(body) >= 64 and not is_placeholder(body, case_sensitive=True):
             out.append((m.start(), "private-key", body))
 
 
-_JWT = re.compile(
-    rb"eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]{16,}={0,2}"
+# A JWT's header is a JSON object, so its base64url starts with ``eyJ`` (``{"``), or ``eyA``,
+# ``ewo``, ``ew0`` and ``ewk`` when the object starts with a space, a newline, CR LF or a tab.
+_JWT_TAIL = (
+    rb"[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]{16,}={0,2}"
     rb"(?![A-Za-z0-9_-])"
 )
+_JWT_STARTS = (b"eyJ", b"eyA", b"ewo", b"ew0", b"ewk")
+_JWTS = tuple((start, re.compile(start + _JWT_TAIL)) for start in _JWT_STARTS)
 
 
 def _jwt_header_has_alg(value: bytes) -> bool:
@@ -374,11 +466,12 @@ def _jwt_header_has_alg(value: bytes) -> bool:
 
 def _detect_jwts(data: bytes, out: list[_Raw]) -> None:
     """Three base64url parts whose first decodes to a JSON object with an ``alg``."""
-    if b"eyJ" not in data:
-        return
-    for m in _JWT.finditer(data):
-        if not _preceded_by(data, m.start(), _TOKEN_CHARS) and _jwt_header_has_alg(m.group()):
-            out.append((m.start(), "jwt", m.group()))
+    for start, pattern in _JWTS:
+        if start not in data:
+            continue
+        for m in pattern.finditer(data):
+            if not _preceded_by(data, m.start(), _TOKEN_CHARS) and _jwt_header_has_alg(m.group()):
+                out.append((m.start(), "jwt", m.group()))
 
 
 _URL_CREDENTIALS = re.compile(
@@ -410,74 +503,98 @@ def _detect_database_urls(data: bytes, out: list[_Raw]) -> None:
             out.append((m.start("password"), "database-url", password))
 
 
-_SPECIFIC: tuple[_Detector, ...] = (
-    _detect_aws,
-    _KeyFormat(
-        _stripe_kind,
-        rb"[sr]k_(?:live|test)_[0-9A-Za-z]{20,247}(?![A-Za-z0-9])",
-        body_from=8,
-        needles=(b"k_live_", b"k_test_"),
-    ),
-    _KeyFormat(
-        "stripe-webhook-secret",
-        rb"whsec_[A-Za-z0-9]{24,}(?![A-Za-z0-9])",
-        body_from=6,
-        needles=(b"whsec_",),
-    ),
-    _detect_twilio_pair,
-    _KeyFormat(
-        "twilio-api-key",
-        rb"SK[0-9a-fA-F]{32}(?![A-Za-z0-9])",
-        body_from=2,
-        valid=_entropy_at_least(3.0),
-    ),
-    _KeyFormat(
-        "sendgrid-api-key",
-        rb"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])",
-        body_from=3,
-        left=_NAME_CHARS,
-    ),
-    _KeyFormat(
-        "github-token",
-        rb"gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9_])",
-        body_from=4,
-        left=_TOKEN_CHARS,
-        valid=_entropy_at_least(3.0),
-    ),
-    _KeyFormat(
-        "github-token",
-        rb"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}(?![A-Za-z0-9_])",
-        body_from=11,
-        needles=(b"github_pat_",),
-        left=_TOKEN_CHARS,
-        valid=_entropy_at_least(3.0),
-    ),
-    _KeyFormat(
-        "slack-token",
-        rb"xox[abprs]-(?:[0-9A-Za-z]+-)+[0-9A-Za-z]{6,}(?![A-Za-z0-9-])",
-        body_from=5,
-        valid=_slack_token_ok,
-    ),
-    _KeyFormat(
-        "slack-webhook",
-        rb"https://hooks\.slack\.com/(?:services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}"
-        rb"|(?:workflows|triggers)/[A-Za-z0-9_/+-]{20,})",
-        body_from=24,
-        needles=(b"hooks.slack.com/",),
-        left=frozenset(),
-    ),
-    _KeyFormat(
-        "google-api-key",
-        rb"AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])",
-        body_from=4,
-        needles=(b"AIza",),
-        left=_TOKEN_CHARS,
-        valid=_entropy_at_least(3.5),
-    ),
-    _detect_private_keys,
-    _detect_jwts,
-    _detect_database_urls,
+_WEB_SCHEME = re.compile(
+    rb"(?:^|[^A-Za-z0-9+.-])(?:https?|s?ftps?|smtps?|imaps?|pop3s?|ldaps?|git|ssh|svn|wss?)\Z",
+    re.IGNORECASE,
 )
+
+
+def _detect_url_credentials(data: bytes, out: list[_Raw], taken: list[tuple[int, int]]) -> None:
+    """``https://user:PASSWORD@host`` (and ftp, smtp, ldap, git, ssh …) with a random password.
+
+    The password, percent-decoded, must look random (:func:`is_secret_like`); a key of a
+    known format in that place (``https://x-access-token:ghs_…@github.com``) is reported by
+    its own detector.
+    """
+    if b"://" not in data:
+        return
+    for m in _URL_CREDENTIALS.finditer(data):
+        if not _WEB_SCHEME.search(data, max(0, m.start() - 40), m.start()):
+            continue
+        start, end = m.span("password")
+        password = m.group("password")
+        if password == m.group("user") or any(s < end and start < e for s, e in taken):
+            continue
+        if b"," in password or b":" in password:
+            continue  # ``https://a.com:123,b:c@d.com``: a list of hosts, not a password
+        if is_secret_like(_PERCENT.sub(_unquote, password), bare=True):
+            out.append((start, "url-credentials", password))
+
+
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _unquote(m: re.Match[bytes]) -> bytes:
+    return bytes([int(m.group(1), 16)])
+
+
+@cache
+def _specific() -> tuple[_Detector, ...]:
+    """Every detector of a specific format (compiled on first use: the CLI starts faster)."""
+    return (
+        *_own_detectors(),
+        *(_KeyFormat.of(fmt) for fmt in FORMATS),
+    )
+
+
+def _own_detectors() -> tuple[_Detector, ...]:
+    return (
+        _detect_aws,
+        _KeyFormat(
+            _stripe_kind,
+            rb"[sr]k_(?:live|test)_[0-9A-Za-z]{20,247}(?![A-Za-z0-9])",
+            body_from=8,
+            needles=(b"k_live_", b"k_test_"),
+        ),
+        _KeyFormat(
+            "stripe-webhook-secret",
+            rb"whsec_[A-Za-z0-9]{24,}(?![A-Za-z0-9])",
+            body_from=6,
+            needles=(b"whsec_",),
+        ),
+        _detect_twilio_pair,
+        _KeyFormat(
+            "twilio-api-key",
+            rb"SK[0-9a-fA-F]{32}(?![A-Za-z0-9])",
+            body_from=2,
+            valid=_entropy_at_least(3.0),
+        ),
+        _KeyFormat(
+            "sendgrid-api-key",
+            rb"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])",
+            body_from=3,
+            left=_NAME_CHARS,
+        ),
+        _KeyFormat(
+            "slack-webhook",
+            rb"https://hooks\.slack\.com/(?:services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}"
+            rb"|(?:workflows|triggers)/[A-Za-z0-9_/+-]{20,})",
+            body_from=24,
+            needles=(b"hooks.slack.com/",),
+            left=frozenset(),
+        ),
+        _KeyFormat(
+            "google-api-key",
+            rb"AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])",
+            body_from=4,
+            needles=(b"AIza",),
+            left=_TOKEN_CHARS,
+            valid=_entropy_at_least(3.5),
+        ),
+        _detect_private_keys,
+        _detect_jwts,
+        _detect_database_urls,
+    )
 
 
 # -- names with secret-like values -------------------------------------------------------------
@@ -657,9 +774,11 @@ def _detect_assignments(data: bytes, out: list[_Raw], taken: list[tuple[int, int
 def _scan_bytes(data: bytes, *, generic: bool = True) -> list[Hit]:
     """Every secret in ``data``, in order of position."""
     raws: list[_Raw] = []
-    for detect in _SPECIFIC:
+    for detect in _specific():
         detect(data, raws)
     if generic:
+        taken = [(start, start + len(value)) for start, _, value in raws]
+        _detect_url_credentials(data, raws, taken)
         taken = [(start, start + len(value)) for start, _, value in raws]
         _detect_assignments(data, raws, taken)
     if not raws:
