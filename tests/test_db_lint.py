@@ -950,3 +950,28 @@ def test_agreement_with_squawk() -> None:
     docs = (REPO / "docs" / "migration-lint.md").read_text()
     for rule in {rule for v in SQUAWK for rule in v.squawk}:
         assert f"`{rule}`" in docs, f"squawk's {rule} is missing from the comparison table"
+
+
+def test_a_drop_of_an_index_the_database_does_not_have_locks_nothing() -> None:
+    """Schema dumps drop indexes IF EXISTS before creating them: on a database that has no such
+    index the drop is a no-op, so only a drop of an index the database has is a lock risk."""
+    sql = (
+        "DROP INDEX IF EXISTS orders_status_idx;\n"
+        "DROP INDEX IF EXISTS public.orders_customer_idx;\n"
+    )
+    unknown = lint_files([("V2__reindex.sql", sql)])
+    assert [f.code for f in unknown] == ["lint.index-not-concurrent"] * 2
+    absent = lint_files(
+        [("V2__reindex.sql", sql)],
+        existing_tables=["public.orders"],
+        existing_indexes=["public.orders_pkey"],
+    )
+    assert absent == []
+    present = lint_files(
+        [("V2__reindex.sql", sql)],
+        existing_tables=["public.orders"],
+        existing_indexes=["public.orders_pkey", "public.orders_customer_idx"],
+    )
+    assert [f.message.split(" without")[0] for f in present] == [
+        "DROP INDEX public.orders_customer_idx"
+    ]

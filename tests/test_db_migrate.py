@@ -13,13 +13,14 @@ import pytest
 from airlock.db.files import checksum, discover, parse_version
 from airlock.db.migrate import (
     HISTORY_TABLE,
+    PROGRESS_TABLE,
     MigrationFailed,
     MigrationLockTimeout,
     Migrator,
     Settings,
 )
 from airlock.db.sql import MigrationSyntaxError
-from airlock.errors import GateFailed, UsageError
+from airlock.errors import AirlockError, GateFailed, UsageError
 
 from .conftest import airlock
 
@@ -239,17 +240,217 @@ def test_concurrent_index_runs_outside_a_transaction(pg_url: str, folder: Path) 
     assert "accounts_balance" in schema_dump(pg_url)
 
 
-def test_concurrent_index_must_be_alone(pg_url: str, folder: Path) -> None:
-    """Mixing a non-transactional statement with others in one file is refused up front."""
+def test_a_file_mixing_both_kinds_is_refused_naming_what_to_move(pg_url: str, folder: Path) -> None:
+    """A file with statements that need a transaction and statements that cannot run in one is
+    refused up front; the hint lists the statements to move, by line."""
     write(
         folder,
         "V3__mixed.sql",
         "ALTER TABLE accounts ADD COLUMN note text;\n"
-        "CREATE INDEX CONCURRENTLY accounts_note ON accounts (note);\n",
+        "CREATE INDEX CONCURRENTLY accounts_note ON accounts (note);\n"
+        "ALTER TABLE accounts ADD COLUMN tag text;\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS accounts_old;\n",
     )
     with pytest.raises(UsageError) as info:
         Migrator(pg_url, folder).migrate()
-    assert "must be alone" in str(info.value) and "V3__mixed.sql:2" in str(info.value)
+    text = str(info.value)
+    assert "V3__mixed.sql:2" in text and "cannot run inside a transaction" in text
+    assert "line 2: CREATE INDEX CONCURRENTLY accounts_note ON accounts (note)" in text
+    assert "line 4: DROP INDEX CONCURRENTLY IF EXISTS accounts_old" in text
+    assert "line 1:" not in text and "line 3:" not in text
+    assert "accounts" not in schema_dump(pg_url)
+
+
+SIX_CONCURRENT = (
+    "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance);\n"
+    "CREATE INDEX CONCURRENTLY audit_note ON audit (note);\n"
+    "DROP INDEX CONCURRENTLY accounts_balance;\n"
+    "CREATE UNIQUE INDEX CONCURRENTLY accounts_balance_key ON accounts (balance);\n"
+    "CREATE INDEX CONCURRENTLY audit_note_id ON audit (note, id);\n"
+    "DROP INDEX CONCURRENTLY audit_note;\n"
+)
+
+
+def progress_rows(url: str) -> list[tuple[str, int, bool]]:
+    with psycopg.connect(url) as conn:
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                f"SELECT script, statement, completed_at IS NOT NULL FROM {PROGRESS_TABLE} "
+                "ORDER BY script, statement"
+            )
+        ]
+
+
+def indexes(url: str) -> dict[str, bool]:
+    """Every index of the public schema and whether it is valid."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c "
+            "ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relname NOT LIKE 'airlock%'"
+        ).fetchall()
+    return {name: valid for name, valid in rows}
+
+
+def test_a_file_of_concurrent_statements_runs_statement_by_statement(
+    pg_url: str, folder: Path
+) -> None:
+    """Six CREATE/DROP INDEX CONCURRENTLY in one file run one by one outside a transaction."""
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
+    report = Migrator(pg_url, folder).migrate()
+    step = report.steps[-1]
+    assert (step.script, step.outcome, step.transactional) == ("V3__indexes.sql", "applied", False)
+    assert (step.statements, step.completed, step.resumed_at) == (6, 6, None)
+    assert indexes(pg_url) == {
+        "accounts_pkey": True,
+        "audit_pkey": True,
+        "accounts_balance_key": True,
+        "audit_note_id": True,
+    }
+    assert progress_rows(pg_url) == []
+    assert Migrator(pg_url, folder).status()["pending"] == []
+    assert Migrator(pg_url, folder).migrate().steps == []
+
+
+def test_a_failed_statement_is_resumed_after_the_last_completed_one(
+    pg_url: str, folder: Path
+) -> None:
+    """Statement 4 fails: 1-3 stay applied and recorded, no invalid index is left, the schema
+    is not drift, and the next run starts at statement 4."""
+    Migrator(pg_url, folder).migrate()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO accounts VALUES (1, 5), (2, 5)")
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
+    with pytest.raises(MigrationFailed) as info:
+        Migrator(pg_url, folder).migrate()
+    text = str(info.value)
+    assert "V3__indexes.sql:4" in text and "23505" in text
+    assert "statements 1-3 of 6 completed" in text and "resumes at statement 4" in text
+    assert indexes(pg_url) == {"accounts_pkey": True, "audit_pkey": True, "audit_note": True}
+    [pending] = Migrator(pg_url, folder).status()["pending"]
+    assert (pending["script"], pending["completed_statements"]) == ("V3__indexes.sql", 3)
+    assert Migrator(pg_url, folder).drift() is not None
+    assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
+
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DELETE FROM accounts WHERE id = 2")
+    report = Migrator(pg_url, folder).migrate()
+    step = report.steps[-1]
+    assert (step.outcome, step.resumed_at, step.completed) == ("applied", 4, 6)
+    assert set(indexes(pg_url)) == {
+        "accounts_pkey",
+        "audit_pkey",
+        "accounts_balance_key",
+        "audit_note_id",
+    }
+    assert progress_rows(pg_url) == []
+
+
+def test_statements_that_already_ran_may_not_change(pg_url: str, folder: Path) -> None:
+    """After a partial run, the completed statements must stay as they were; the failed one
+    and those after it may be fixed."""
+    Migrator(pg_url, folder).migrate()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO accounts VALUES (1, 5), (2, 5)")
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
+    with pytest.raises(MigrationFailed):
+        Migrator(pg_url, folder).migrate()
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT.replace("audit (note)", "audit (note, id)"))
+    with pytest.raises(UsageError) as info:
+        Migrator(pg_url, folder).migrate()
+    assert "V3__indexes.sql:2" in str(info.value) and "statement 2" in str(info.value)
+    fixed = SIX_CONCURRENT.replace("CREATE UNIQUE INDEX", "CREATE INDEX")
+    write(folder, "V3__indexes.sql", fixed)
+    step = Migrator(pg_url, folder).migrate().steps[-1]
+    assert (step.outcome, step.resumed_at) == ("applied", 4)
+
+
+def backend_running(url: str, fragment: str, timeout: float = 20.0) -> int:
+    """The pid of the backend whose running query contains ``fragment`` (waits for it)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE %s AND pid <> "
+                "pg_backend_pid() AND state = 'active'",
+                (f"%{fragment}%",),
+            ).fetchone()
+            if row:
+                return int(row[0])
+            time.sleep(0.05)
+    raise AssertionError(f"no backend ran {fragment!r}")
+
+
+def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, folder: Path) -> None:
+    """The migrator's connection dies during a concurrent build: PostgreSQL leaves an INVALID
+    index. The next run does not call it drift, drops it, and builds it again."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
+    blocker = psycopg.connect(pg_url)  # an open write transaction makes the build wait
+    blocker.execute("INSERT INTO audit (note) VALUES ('x')")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Migrator(pg_url, folder, settings=Settings(lock_timeout=60)).migrate()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        pid = backend_running(pg_url, "audit_note ON audit")
+        time.sleep(0.2)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        thread.join(30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert failure and isinstance(failure[0], AirlockError), failure
+    assert "V3__indexes.sql:2" in str(failure[0])
+    assert indexes(pg_url).get("audit_note") is False  # left INVALID by the killed build
+    assert ("V3__indexes.sql", 2, False) in progress_rows(pg_url)
+
+    step = Migrator(pg_url, folder).migrate().steps[-1]
+    assert (step.outcome, step.resumed_at) == ("applied", 2)
+    assert indexes(pg_url) == {
+        "accounts_pkey": True,
+        "audit_pkey": True,
+        "accounts_balance_key": True,
+        "audit_note_id": True,
+    }
+    assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
+
+
+def test_a_lock_timeout_in_a_concurrent_build_is_retried_after_dropping_its_leftover(
+    pg_url: str, folder: Path
+) -> None:
+    """A concurrent build that times out waiting for a writer leaves an INVALID index; the
+    retry drops it first and succeeds once the writer is gone."""
+    Migrator(pg_url, folder).migrate()
+    write(
+        folder,
+        "V3__index.sql",
+        "CREATE INDEX CONCURRENTLY audit_note ON audit (note);\n"
+        "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance);\n",
+    )
+    blocker = psycopg.connect(pg_url)
+
+    def hold_a_write(_pending: object) -> None:
+        blocker.execute("INSERT INTO audit (note) VALUES ('x')")
+        threading.Timer(1.5, blocker.rollback).start()
+
+    try:
+        settings = Settings(lock_timeout=0.3, retries=6)
+        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=hold_a_write)
+    finally:
+        time.sleep(0.1)
+        blocker.close()
+    [step] = report.steps
+    assert step.outcome == "applied" and step.attempts > 1
+    assert indexes(pg_url)["audit_note"] is True and indexes(pg_url)["accounts_balance"] is True
 
 
 def test_a_failed_concurrent_index_leaves_no_invalid_index(pg_url: str, folder: Path) -> None:

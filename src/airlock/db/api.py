@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from airlock.db import backup as backups
+from airlock.db.adopt import FLYWAY_TABLE, BaselineReport
+from airlock.db.adopt import baseline as adopt
 from airlock.db.files import Pending, discover
 from airlock.db.fingerprint import SchemaDiff
 from airlock.db.lint import lint_files
@@ -97,11 +99,35 @@ def lint(
 
 def pending_and_lint(target_: Target) -> tuple[list[dict[str, Any]], list[Finding]]:
     """The migrations pending on the target (as ``status`` lists them) and their lint findings,
-    from one look at the database."""
+    judged against what the database has."""
     pending = status(target_)["pending"]
     folder = discover(target_.require_migrations()).folder
     files = [folder / item["script"] for item in pending]
-    return pending, lint_files([(str(p), p.read_text(encoding="utf-8")) for p in files])
+    return pending, lint_against(target_, [(str(p), p.read_text(encoding="utf-8")) for p in files])
+
+
+def catalogue(url: str) -> tuple[list[str], list[str]]:
+    """``schema.name`` of every table and of every index in the database's own schemas."""
+    from airlock.db.connect import connect
+
+    with connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relkind::text, n.nspname || '.' || c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'i', 'I') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"
+        ).fetchall()
+    tables = [str(name) for kind, name in rows if kind in ("r", "p")]
+    indexes = [str(name) for kind, name in rows if kind in ("i", "I")]
+    return tables, indexes
+
+
+def lint_against(target_: Target, files: list[tuple[str, str]]) -> list[Finding]:
+    """Lint ``files`` knowing the tables and indexes the target's database has: a statement on
+    a table that is not there yet, or a drop of an index that is not there, blocks nobody."""
+    tables, indexes = catalogue(target_.url)
+    return lint_files(files, existing_tables=tables, existing_indexes=indexes)
 
 
 def drift(target_: Target) -> SchemaDiff | None:
@@ -163,7 +189,7 @@ def migrate(
 
     def before_apply(todo: Pending) -> None:
         if check_lint:
-            outcome.lint = lint_files([(str(m.path), m.read()) for m in todo.all])
+            outcome.lint = lint_against(target_, [(str(m.path), m.read()) for m in todo.all])
             errors = [f for f in outcome.lint if f.severity is Severity.ERROR]
             if errors:
                 lines = [f"  {f.location}: {f.code}: {f.message}" for f in errors]
@@ -199,6 +225,20 @@ def _public(result: object) -> dict[str, Any]:
         data = to_dict()
         return dict(data) if isinstance(data, dict) else {}
     return {}
+
+
+def baseline(
+    target_: Target,
+    *,
+    version: str | None = None,
+    from_flyway: bool = False,
+    flyway_table: str = FLYWAY_TABLE,
+) -> BaselineReport:
+    """Adopt a database another tool migrated: record the files up to ``version`` as applied
+    without running them, or (``from_flyway``) what Flyway's history says it applied."""
+    return adopt(
+        _migrator(target_), version=version, from_flyway=from_flyway, flyway_table=flyway_table
+    )
 
 
 def rehearse(target_: Target, *, method: Method = "auto") -> Rehearsal:

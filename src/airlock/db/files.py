@@ -7,7 +7,11 @@
   changes, in description order.
 
 Checksums are sha256 over normalised content (line endings, trailing whitespace and a BOM do not
-count), so re-saving a file in another editor does not make it "edited".
+count), so re-saving a file in another editor does not make it "edited". :func:`flyway_checksum`
+computes the checksum Flyway records for the same file, to adopt a database Flyway migrated.
+
+Other files in the folder (a README, Flyway's ``.sql.conf`` script settings, Java migrations,
+sub-folders) are not migrations: they are skipped, each with a note saying why.
 
 Nothing here touches a database: :func:`validate` compares files with history rows and returns
 findings, like a linter; the migrator decides what to do with them.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +53,32 @@ def version_text(version: Version) -> str:
 
 def checksum(text: str) -> str:
     return hashlib.sha256(normalise(text).encode()).hexdigest()
+
+
+def flyway_checksum(text: str) -> int:
+    """The checksum Flyway stores for a SQL migration: CRC-32 over the UTF-8 bytes of each line
+    without its line ending (``\\n``, ``\\r\\n`` or ``\\r``), with a byte order mark at the start
+    of the first line left out, as a signed 32-bit integer. Line endings do not count, and
+    neither do empty lines; trailing blanks do."""
+    crc = 0
+    first = True
+    for line in _lines(text):
+        if first:
+            line = line.removeprefix(_BOM)
+            first = False
+        crc = zlib.crc32(line.encode("utf-8"), crc)
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+_BOM = "\ufeff"
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` split where Java's ``BufferedReader.readLine`` splits it."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 @dataclass(frozen=True)
@@ -84,6 +115,7 @@ class Migrations:
     versioned: tuple[MigrationFile, ...]
     undo: dict[Version, MigrationFile]
     repeatable: tuple[MigrationFile, ...]
+    notes: tuple[str, ...] = ()  # files of the folder that are not migrations, and why
 
     def by_version(self, version: Version) -> MigrationFile | None:
         for migration in self.versioned:
@@ -103,8 +135,12 @@ def discover(folder: Path) -> Migrations:
     undo: dict[Version, MigrationFile] = {}
     repeatable: dict[str, MigrationFile] = {}
     problems: list[str] = []
+    notes: list[str] = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir() or path.name.startswith(".") or path.suffix != ".sql":
+        if path.name.startswith("."):
+            continue
+        if path.is_dir() or path.suffix != ".sql":
+            notes.append(_ignored(path))
             continue
         match = _NAME.match(path.name)
         if match is None or (match["kind"] != "R") != bool(match["version"]):
@@ -150,7 +186,29 @@ def discover(folder: Path) -> Migrations:
         versioned=tuple(versioned[v] for v in sorted(versioned)),
         undo=undo,
         repeatable=tuple(repeatable[d] for d in sorted(repeatable)),
+        notes=tuple(notes),
     )
+
+
+_JAVA = re.compile(r"^(?P<kind>[VUR])(?P<version>[0-9]+(?:[._][0-9]+)*)?__.+\.(java|class|kt)$")
+
+
+def _ignored(path: Path) -> str:
+    """Why a file or folder of the migrations folder is not a migration."""
+    if path.is_dir():
+        return f"{path.name}/: a folder, ignored (only files directly in the folder are read)"
+    if path.name.endswith(".sql.conf"):
+        return (
+            f"{path.name}: Flyway's settings for one script, ignored (Airlock decides per "
+            "statement whether a transaction is possible)"
+        )
+    java = _JAVA.match(path.name)
+    if java is not None:
+        what = f"version {version_text(parse_version(java['version']))}" if java["version"] else ""
+        return f"{path.name}: a Java migration, ignored (Airlock runs SQL files only)" + (
+            f"; {what} stays a gap" if what else ""
+        )
+    return f"{path.name}: not a .sql file, ignored"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +222,7 @@ class Applied:
     rank: int
     version: Version | None
     description: str
-    type: str  # V, U, R or BASELINE
+    type: str  # V, U, R or BASELINE (recorded as applied by `airlock db baseline`, not run)
     script: str
     checksum: str
     applied_by: str
@@ -181,7 +239,7 @@ def effective(history: Iterable[Applied]) -> tuple[dict[Version, Applied], dict[
     for row in sorted(history, key=lambda r: r.rank):
         if not row.success:
             continue
-        if row.type == "V" and row.version is not None:
+        if row.type in {"V", "BASELINE"} and row.version is not None:
             versions[row.version] = row
         elif row.type == "U" and row.version is not None:
             versions.pop(row.version, None)

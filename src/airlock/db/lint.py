@@ -590,8 +590,10 @@ class _Linter:
         existing_tables: Collection[str] | None,
         new_tables: Collection[str],
         existing_columns: Mapping[str, str] | None,
+        existing_indexes: Collection[str] | None = None,
     ) -> None:
         self.existing = None if existing_tables is None else _Relations(existing_tables)
+        self.existing_indexes = None if existing_indexes is None else _Relations(existing_indexes)
         self.new = _Relations(new_tables)
         self.columns = dict(existing_columns or {})
         self.new_columns: set[tuple[str, str]] = set()
@@ -842,7 +844,18 @@ class _Linter:
         if node.removeType == ObjectType.OBJECT_INDEX:
             if node.concurrent:
                 return
-            old = [".".join(n) for n in names if n and n[-1] not in self.new_indexes]
+            # an index the database does not have cannot be locked: IF EXISTS makes it a
+            # no-op, and without it the statement fails (the rehearsal shows that)
+            old = [
+                ".".join(n)
+                for n in names
+                if n
+                and n[-1] not in self.new_indexes
+                and (
+                    self.existing_indexes is None
+                    or _Name(".".join(n[:-1]) or None, n[-1]) in self.existing_indexes
+                )
+            ]
             if old:
                 self.emit(
                     statement,
@@ -1368,14 +1381,16 @@ def lint_files(
     *,
     existing_tables: Collection[str] | None = None,
     existing_columns: Mapping[str, str] | None = None,
+    existing_indexes: Collection[str] | None = None,
 ) -> list[Finding]:
     """Lint pending migration files ``(name, sql)`` in the order they will run.
 
     What a file creates (tables, columns, indexes, NOT VALID constraints) is known to the files
-    after it. Raises :class:`~airlock.db.sql.MigrationSyntaxError` for a file that does not
-    parse.
+    after it. ``existing_tables`` and ``existing_indexes``: what the target database has, when
+    known (see :func:`lint`). Raises :class:`~airlock.db.sql.MigrationSyntaxError` for a file
+    that does not parse.
     """
-    linter = _Linter(existing_tables, (), existing_columns)
+    linter = _Linter(existing_tables, (), existing_columns, existing_indexes)
     findings: list[Finding] = []
     for name, sql in files:
         findings.extend(linter.lint_file(split(sql, file=name), name))

@@ -6,10 +6,12 @@ second one waits up to ``lock_wait`` and then fails naming who holds the lock.
 
 Each versioned migration runs in its own transaction together with its history row, with
 ``lock_timeout`` and ``statement_timeout`` set for that transaction; a lock timeout is retried with
-backoff. A statement PostgreSQL cannot run in a transaction (``CREATE INDEX CONCURRENTLY``,
-``VACUUM``, …) must be alone in its file; it runs in autocommit, and when it fails its leftovers
-are cleaned up (an invalid index left by a failed concurrent build is dropped), so a failed
-migration never leaves the schema half changed.
+backoff. A file whose statements PostgreSQL cannot run in a transaction (``CREATE INDEX
+CONCURRENTLY``, ``VACUUM``, …) runs statement by statement in autocommit instead: each statement
+is marked as started in ``airlock_schema_progress`` before it runs and as completed after, so a
+run that fails or is killed half way resumes at the statement that did not complete. What such a
+statement leaves behind when it fails (the INVALID index of a concurrent build) is dropped before
+it runs again. A file that mixes both kinds is refused before anything runs.
 
 After every successful migrate the schema's fingerprint is recorded in
 ``airlock_schema_baseline``; before migrating, the live schema is compared with it, and any
@@ -23,13 +25,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+from pglast.enums.parsenodes import ObjectType
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 
@@ -39,6 +42,7 @@ from airlock.db.files import (
     MigrationFile,
     Migrations,
     Pending,
+    checksum,
     discover,
     effective,
     parse_version,
@@ -46,13 +50,22 @@ from airlock.db.files import (
     validate,
     version_text,
 )
-from airlock.db.fingerprint import SchemaDiff, diff, fingerprint, schema_snapshot
+from airlock.db.fingerprint import (
+    DEFAULT_EXCLUDED_TABLES,
+    SchemaDiff,
+    diff,
+    fingerprint,
+    schema_snapshot,
+)
 from airlock.db.sql import Statement, explicit_transaction_control, split
 from airlock.errors import AirlockError, GateFailed, UsageError
 from airlock.findings import Finding, Severity
 
 HISTORY_TABLE = "airlock_schema_history"
 BASELINE_TABLE = "airlock_schema_baseline"
+PROGRESS_TABLE = "airlock_schema_progress"
+# Airlock's own tables are not part of the schema it fingerprints.
+OWN_TABLES = (*DEFAULT_EXCLUDED_TABLES, PROGRESS_TABLE)
 LOCK_CLASS = 0x41524C4B  # "ARLK"
 LOCK_OBJECT = 1
 
@@ -78,6 +91,15 @@ CREATE TABLE IF NOT EXISTS {BASELINE_TABLE} (
     reason text,
     fingerprint text NOT NULL,
     snapshot jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
+    script text NOT NULL,
+    statement integer NOT NULL,
+    line integer NOT NULL,
+    statement_checksum text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    PRIMARY KEY (script, statement)
 );
 """
 
@@ -122,6 +144,9 @@ class Step:
     transactional: bool = True
     locks: list[str] = field(default_factory=list)
     error: str | None = None
+    statements: int = 0
+    completed: int = 0  # statements that ran to completion (and, outside a transaction, stay)
+    resumed_at: int | None = None  # the statement an interrupted run was resumed at
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,6 +161,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     fingerprint: str | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # files of the folder that were skipped
 
     @property
     def ok(self) -> bool:
@@ -149,6 +175,7 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "fingerprint": self.fingerprint,
             "seconds": round(self.seconds, 3),
+            "notes": self.notes,
         }
 
 
@@ -183,15 +210,19 @@ class Migrator:
     # -- connection and lock -------------------------------------------------------------------
 
     @contextmanager
-    def session(self, *, lock: bool = True) -> Iterator[psycopg.Connection[Any]]:
-        """A connection with the history tables in place and, by default, the migration lock."""
+    def session(
+        self, *, lock: bool = True, prepare: bool = True
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A connection with, by default, the migration lock and Airlock's tables in place
+        (``prepare=False``: the caller creates them with :data:`SCHEMA_DDL` when it writes)."""
         conn = connect(self.url, autocommit=True)
         try:
             name = f"airlock migrate {who()} pid {os.getpid()}"[:63]
             conn.execute("SELECT set_config('application_name', %s, false)", (name,))
             if lock:
                 self._acquire(conn)
-            conn.execute(SCHEMA_DDL)
+            if prepare:
+                conn.execute(SCHEMA_DDL)
             # Reading the schema can queue behind a lock too: never wait forever.
             conn.execute(self._settings_sql(local=False)[0])
             yield conn
@@ -281,6 +312,12 @@ class Migrator:
             findings = validate(
                 migrations, history, allow_out_of_order=self.settings.allow_out_of_order
             )
+            partly = dict(
+                conn.execute(
+                    f"SELECT script, count(*) FROM {PROGRESS_TABLE} "
+                    "WHERE completed_at IS NOT NULL GROUP BY script"
+                ).fetchall()
+            )
             return {
                 "database": self.where,
                 "applied": [
@@ -295,9 +332,16 @@ class Migrator:
                     for v, row in sorted(versions.items())
                 ],
                 "pending": [
-                    {"version": m.version_label, "script": m.name, "kind": m.kind} for m in todo.all
+                    {
+                        "version": m.version_label,
+                        "script": m.name,
+                        "kind": m.kind,
+                        "completed_statements": partly.get(m.name, 0),
+                    }
+                    for m in todo.all
                 ],
                 "findings": [f.to_dict() for f in findings],
+                "notes": list(migrations.notes),
             }
 
     # -- drift ---------------------------------------------------------------------------------
@@ -311,7 +355,7 @@ class Migrator:
     def record_baseline(
         self, conn: psycopg.Connection[Any], kind: str, reason: str | None = None
     ) -> str:
-        snapshot = schema_snapshot(conn)
+        snapshot = schema_snapshot(conn, exclude_tables=OWN_TABLES)
         digest = fingerprint(snapshot)
         conn.execute(
             f"INSERT INTO {BASELINE_TABLE} (recorded_by, kind, reason, fingerprint, snapshot) "
@@ -320,16 +364,23 @@ class Migrator:
         )
         return digest
 
-    def drift(self, conn: psycopg.Connection[Any] | None = None) -> SchemaDiff | None:
+    def drift(
+        self, conn: psycopg.Connection[Any] | None = None, *, ignore: Collection[str] = ()
+    ) -> SchemaDiff | None:
         """The difference between the live schema and the one recorded after the last migrate;
-        ``None`` when nothing was recorded yet."""
+        ``None`` when nothing was recorded yet. Objects named in ``ignore`` (``"index
+        public.x"``) do not count."""
         if conn is None:
             with self.session(lock=False) as own:
-                return self.drift(own)
+                return self.drift(own, ignore=ignore)
         recorded = self.recorded_baseline(conn)
         if recorded is None:
             return None
-        return diff(recorded, schema_snapshot(conn))
+        live = schema_snapshot(conn, exclude_tables=OWN_TABLES)
+        for key in ignore:
+            recorded.pop(key, None)
+            live.pop(key, None)
+        return diff(recorded, live)
 
     def accept_drift(self, reason: str) -> str:
         """Take the live schema as the new baseline, recording who and why."""
@@ -357,6 +408,7 @@ class Migrator:
         report = self.last_report = Report(database=self.where)
         with self.session() as conn:
             migrations = self.migrations()
+            report.notes = list(migrations.notes)
             history = self.history(conn)
             report.findings = validate(
                 migrations, history, allow_out_of_order=self.settings.allow_out_of_order
@@ -365,29 +417,40 @@ class Migrator:
                 raise _refusal(
                     "the migrations do not match the database's history", report.findings
                 )
-            drift = self._retrying("reading the live schema", lambda: self.drift(conn))
+            todo = pending(migrations, history, allow_out_of_order=self.settings.allow_out_of_order)
+            leftover = self._interrupted_index(conn, todo)
+            drift = self._retrying(
+                "reading the live schema",
+                lambda: self.drift(conn, ignore=[leftover] if leftover else []),
+            )
             if drift is not None and not drift.empty:
                 finding = drift_finding(drift, self.where)
                 report.findings.append(finding)
                 raise _refusal("the live schema differs from the one Airlock recorded", [finding])
             if drift is None:
                 self.record_baseline(conn, "initial")
-            todo = pending(migrations, history, allow_out_of_order=self.settings.allow_out_of_order)
             parsed = [(m, self._parse(m)) for m in todo.all]
             if todo and not dry_run and before_apply is not None:
                 before_apply(todo)
-            for migration, statements in parsed:
-                if dry_run:
-                    report.steps.append(_step(migration, "planned", statements))
-                    continue
-                report.steps.append(_step(migration, "running", statements))
-                report.steps[-1] = self._apply(
-                    conn,
-                    migration,
-                    statements,
-                    collect_locks=collect_locks,
-                    step=report.steps[-1],
-                )
+            try:
+                for migration, statements in parsed:
+                    if dry_run:
+                        report.steps.append(_step(migration, "planned", statements))
+                        continue
+                    report.steps.append(_step(migration, "running", statements))
+                    report.steps[-1] = self._apply(
+                        conn,
+                        migration,
+                        statements,
+                        collect_locks=collect_locks,
+                        step=report.steps[-1],
+                    )
+            except BaseException:
+                # What the migrations before the failed one changed is Airlock's doing, not drift.
+                if any(s.outcome == "applied" for s in report.steps):
+                    with suppress(psycopg.Error):
+                        self.record_baseline(conn, "migrate")
+                raise
             if todo and not dry_run:
                 report.fingerprint = self.record_baseline(conn, "migrate")
         report.seconds = time.monotonic() - started
@@ -419,13 +482,18 @@ class Migrator:
                 hint="remove BEGIN/COMMIT/ROLLBACK: Airlock runs each migration in its own "
                 "transaction",
             )
-        if any(not s.transactional for s in statements) and len(statements) > 1:
-            lonely = next(s for s in statements if not s.transactional)
+        outside = [s for s in statements if not s.transactional]
+        if outside and len(outside) < len(statements):
+            first = outside[0]
+            inside = len(statements) - len(outside)
+            listed = "; ".join(f"line {s.line}: {describe(s)}" for s in outside)
             raise UsageError(
-                f"{migration.path}:{lonely.line}: {lonely.kind} cannot run inside a transaction, "
-                "so it must be alone in its migration file",
-                hint="move it to a migration of its own; then a failure cannot leave the file "
-                "half applied",
+                f"{migration.path}:{first.line}: {describe(first)} cannot run inside a "
+                f"transaction, and the file also has {inside} statement(s) that should run in one",
+                hint=f"move the {len(outside)} statement(s) that cannot run in a transaction to a "
+                f"migration file of their own (they may share one): {listed}. Airlock runs such "
+                "a file statement by statement and resumes it where it stopped; a file that "
+                "mixes both kinds could fail half applied",
             )
         return statements
 
@@ -450,8 +518,9 @@ class Migrator:
                     step.locks = self._run_in_transaction(
                         conn, migration, statements, began, collect_locks
                     )
+                    step.completed = len(statements)
                 else:
-                    self._run_alone(conn, migration, statements[0], began)
+                    self._run_statement_by_statement(conn, migration, statements, began, step)
                 break
             except pg_errors.LockNotAvailable as exc:
                 if attempt > self.settings.retries:
@@ -459,7 +528,7 @@ class Migrator:
                     raise MigrationFailed(
                         f"{migration.name}: could not get a lock within "
                         f"{self.settings.lock_timeout:g}s after {attempt} attempts "
-                        "(rolled back; nothing of it remains)",
+                        + _what_remains(transactional, step),
                         hint="something holds a conflicting lock on the table (a long "
                         "transaction?); retry later or raise database.lock_timeout",
                         script=migration.name,
@@ -471,10 +540,9 @@ class Migrator:
                 step.outcome, step.error = "failed", failure.message
                 step.seconds = time.monotonic() - began
                 raise MigrationFailed(
-                    failure.message + " (rolled back; nothing of this migration remains)"
-                    if transactional
-                    else failure.message,
-                    hint="fix the migration and run it again",
+                    f"{failure.message} {_what_remains(transactional, step)}",
+                    hint="fix the migration and run it again"
+                    + ("" if transactional or not step.completed else "; it resumes there"),
                     script=migration.name,
                 ) from None
         step.seconds = time.monotonic() - began
@@ -506,24 +574,163 @@ class Migrator:
             self._record(conn, migration, began)
         return locks
 
-    def _run_alone(
+    def _run_statement_by_statement(
         self,
         conn: psycopg.Connection[Any],
         migration: MigrationFile,
-        statement: Statement,
+        statements: Sequence[Statement],
         began: float,
+        step: Step,
     ) -> None:
+        """Run a file of statements that cannot run in a transaction, one at a time in
+        autocommit, recording each one's start and completion; resume after the last completed
+        statement of an earlier run."""
+        done, interrupted = self._resume_point(conn, migration, statements)
+        step.completed = done
+        if done or interrupted:
+            step.resumed_at = done + 1
+            self.progress(
+                f"{migration.name}: resuming at statement {done + 1} of {len(statements)}"
+            )
+        for index in range(done + 1, len(statements) + 1):
+            statement = statements[index - 1]
+            if index == interrupted and self._finished_before(conn, statement):
+                self.progress(f"{migration.name}: statement {index} had finished before the stop")
+            else:
+                self._drop_invalid_leftover(conn, migration, statement)
+                conn.execute(
+                    f"INSERT INTO {PROGRESS_TABLE} (script, statement, line, statement_checksum) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (script, statement) DO UPDATE SET "
+                    "line = EXCLUDED.line, statement_checksum = EXCLUDED.statement_checksum, "
+                    "started_at = now(), completed_at = NULL",
+                    (migration.name, index, statement.line, checksum(statement.text)),
+                )
+                for setting in self._settings_sql(local=False):
+                    conn.execute(setting)
+                try:
+                    _execute(conn, migration, statement)
+                except (psycopg.Error, _StatementFailed):
+                    with suppress(psycopg.Error):
+                        self._after_failure(conn, migration, index, statement)
+                    raise
+                finally:
+                    with suppress(psycopg.Error):
+                        conn.execute("RESET lock_timeout; RESET statement_timeout")
+            with conn.transaction():
+                conn.execute(
+                    f"UPDATE {PROGRESS_TABLE} SET completed_at = now() "
+                    "WHERE script = %s AND statement = %s",
+                    (migration.name, index),
+                )
+                self.record_baseline(conn, "statement")
+            step.completed = index
+        with conn.transaction():
+            self._record(conn, migration, began)
+            conn.execute(f"DELETE FROM {PROGRESS_TABLE} WHERE script = %s", (migration.name,))
+
+    def _resume_point(
+        self,
+        conn: psycopg.Connection[Any],
+        migration: MigrationFile,
+        statements: Sequence[Statement],
+    ) -> tuple[int, int | None]:
+        """How many statements of ``migration`` an earlier run completed, and the statement it
+        started but did not complete (None when it stopped between statements or never ran).
+
+        The completed statements must still be the first ones of the file: a file may be fixed
+        after the statement that failed, not before it."""
+        rows = conn.execute(
+            f"SELECT statement, statement_checksum, completed_at IS NOT NULL "
+            f"FROM {PROGRESS_TABLE} WHERE script = %s ORDER BY statement",
+            (migration.name,),
+        ).fetchall()
+        done = 0
+        interrupted: int | None = None
+        for index, digest, completed in rows:
+            if completed:
+                if index != done + 1 or index > len(statements):
+                    raise _changed_after_partial_run(migration, index, None)
+                if checksum(statements[index - 1].text) != digest:
+                    raise _changed_after_partial_run(migration, index, statements[index - 1])
+                done = index
+            elif index <= len(statements) and checksum(statements[index - 1].text) == digest:
+                interrupted = index
+        return done, interrupted if interrupted == done + 1 else None
+
+    def _interrupted_index(self, conn: psycopg.Connection[Any], todo: Pending) -> str | None:
+        """The index (``"index schema.name"``) the statement an earlier run did not complete
+        was building or dropping, if the next migration to run is such a file: whatever state
+        that index is in now is the interrupted statement's doing, not drift."""
+        if not todo:
+            return None
+        migration = todo.all[0]
+        statements = self._parse(migration)
+        if statements[0].transactional:
+            return None
+        _, interrupted = self._resume_point(conn, migration, statements)
+        if interrupted is None:
+            return None
+        target = _index_target(statements[interrupted - 1])
+        if target is None:
+            return None
+        row = conn.execute(_INDEX_KEY, target).fetchone()
+        return f"index {row[0]}" if row and row[0] else None
+
+    def _finished_before(self, conn: psycopg.Connection[Any], statement: Statement) -> bool:
+        """Whether an interrupted statement had done its work anyway (PostgreSQL finishes a
+        concurrent index build whose client went away): a valid index it built that the
+        schema recorded before it does not have, or an index it dropped that is gone."""
+        target = _index_target(statement)
+        if target is None:
+            return False
+        found = _find_index(conn, statement)
+        if statement.kind == "DropStmt":
+            return found is None
+        if found is None or not found[2]:
+            return False
+        recorded = self.recorded_baseline(conn) or {}
+        return f"index {found[3]}" not in recorded
+
+    def _after_failure(
+        self,
+        conn: psycopg.Connection[Any],
+        migration: MigrationFile,
+        index: int,
+        statement: Statement,
+    ) -> None:
+        """Clean up after a statement that failed: drop the invalid index it left, and forget
+        that it started unless an invalid index of its remains (then the next run knows that
+        index is the failed statement's and drops it before trying again)."""
+        self._drop_invalid_leftover(conn, migration, statement)
+        found = _find_index(conn, statement)
+        if found is None or found[2]:
+            conn.execute(
+                f"DELETE FROM {PROGRESS_TABLE} WHERE script = %s AND statement = %s",
+                (migration.name, index),
+            )
+
+    def _drop_invalid_leftover(
+        self, conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement
+    ) -> None:
+        """Drop the INVALID index a failed or interrupted ``CREATE INDEX CONCURRENTLY`` of
+        ``statement`` left behind, so that running it again can succeed."""
+        if statement.kind != "IndexStmt":
+            return
+        found = _find_index(conn, statement)
+        if found is None or found[2]:
+            return
+        self.progress(f"{migration.name}: dropping the invalid index {found[3]} left by a failure")
         for setting in self._settings_sql(local=False):
             conn.execute(setting)
         try:
-            _execute(conn, migration, statement)
-        except BaseException:
-            cleanup_failed_concurrent_index(conn, statement)
-            raise
+            conn.execute(
+                pg_sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                    pg_sql.Identifier(found[0]), pg_sql.Identifier(found[1])
+                )
+            )
         finally:
-            conn.execute("RESET lock_timeout")
-            conn.execute("RESET statement_timeout")
-        self._record(conn, migration, began)
+            with suppress(psycopg.Error):
+                conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     def _record(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, began: float
@@ -618,6 +825,7 @@ def _step(migration: MigrationFile, outcome: str, statements: Sequence[Statement
         kind=migration.kind,
         outcome=outcome,
         transactional=all(s.transactional for s in statements),
+        statements=len(statements),
     )
 
 
@@ -632,24 +840,92 @@ def held_locks(conn: psycopg.Connection[Any]) -> list[str]:
     return [f"{mode} on {name}" for mode, name in rows if name and not name.startswith("airlock_")]
 
 
-def cleanup_failed_concurrent_index(conn: psycopg.Connection[Any], statement: Statement) -> None:
-    """A failed ``CREATE INDEX CONCURRENTLY`` leaves an INVALID index behind: drop it."""
-    if statement.kind != "IndexStmt":
-        return
-    name = getattr(statement.node, "idxname", None)
-    if not name:
-        return
-    row = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND NOT i.indisvalid",
-        (name,),
-    ).fetchone()
-    if row is not None:
-        conn.execute(
-            pg_sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-                pg_sql.Identifier(row[0]), pg_sql.Identifier(row[1])
-            )
-        )
+def describe(statement: Statement, width: int = 72) -> str:
+    """A statement's text on one line, shortened: ``CREATE INDEX CONCURRENTLY x ON t (a)``."""
+    text = " ".join(statement.text.split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def _index_target(statement: Statement) -> dict[str, str | None] | None:
+    """The index a ``CREATE INDEX`` or ``DROP INDEX`` statement names, as query parameters:
+    ``index`` (qualified and quoted, for ``to_regclass``), ``name`` (bare) and ``table``
+    (qualified and quoted; None for a ``DROP``)."""
+    node = statement.node
+    if statement.kind == "IndexStmt" and getattr(node, "idxname", None):
+        relation = node.relation
+        schema = relation.schemaname
+        return {
+            "index": _quoted(schema, node.idxname),
+            "name": node.idxname,
+            "table": _quoted(schema, relation.relname),
+        }
+    if statement.kind == "DropStmt" and node.removeType == ObjectType.OBJECT_INDEX:
+        objects: Sequence[Any] = node.objects or ()
+        if len(objects) == 1:
+            names = [getattr(part, "sval", "") for part in objects[0]]
+            return {"index": _quoted(*names), "name": names[-1], "table": None}
+    return None
+
+
+def _quoted(*names: str | None) -> str:
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names if name)
+
+
+# The index a statement names: (schema, name, valid, "schema.name" as the fingerprint keys it).
+# With a table, the index is looked for among that table's indexes (it lives in the table's
+# schema); a name without a table is resolved through the search path.
+_FIND_INDEX = """
+    SELECT n.nspname, c.relname, i.indisvalid, format('%%I.%%I', n.nspname, c.relname)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE CASE WHEN %(table)s::text IS NULL THEN i.indexrelid = to_regclass(%(index)s)
+               ELSE i.indrelid = to_regclass(%(table)s) AND c.relname = %(name)s END
+"""
+# The fingerprint key of that index, whether it exists or not (it is in its table's schema).
+_INDEX_KEY = """
+    SELECT CASE WHEN %(table)s::text IS NULL
+                THEN (SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c
+                      JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = to_regclass(%(index)s))
+                ELSE (SELECT format('%%I.%%I', n.nspname, %(name)s::text) FROM pg_class t
+                      JOIN pg_namespace n ON n.oid = t.relnamespace
+                      WHERE t.oid = to_regclass(%(table)s))
+           END
+"""
+
+
+def _find_index(
+    conn: psycopg.Connection[Any], statement: Statement
+) -> tuple[str, str, bool, str] | None:
+    target = _index_target(statement)
+    if target is None:
+        return None
+    row = conn.execute(_FIND_INDEX, target).fetchone()
+    return (row[0], row[1], bool(row[2]), row[3]) if row else None
+
+
+def _what_remains(transactional: bool, step: Step) -> str:
+    if transactional:
+        return "(rolled back; nothing of this migration remains)"
+    if not step.completed:
+        return "(no statement of this migration completed; nothing of it remains)"
+    done = "statement 1" if step.completed == 1 else f"statements 1-{step.completed}"
+    return (
+        f"({done} of {step.statements} completed and stay applied; "
+        f"the next migrate resumes at statement {step.completed + 1})"
+    )
+
+
+def _changed_after_partial_run(
+    migration: MigrationFile, index: int, statement: Statement | None
+) -> UsageError:
+    where = f"{migration.path}:{statement.line}" if statement else str(migration.path)
+    return UsageError(
+        f"{where}: statement {index} of {migration.name} already ran in an earlier, interrupted "
+        "migrate, but the file no longer has it there",
+        hint="restore the statements that already ran as they were (they are recorded in "
+        f"{PROGRESS_TABLE}); only the statements after them may still change",
+    )
 
 
 def drift_finding(schema_diff: SchemaDiff, where: str) -> Finding:
