@@ -277,6 +277,18 @@ def _static(project: Project, project_root: Path, env: str) -> GateOutcome:
     )
 
 
+def _running_release(project_root: Path, env: str) -> Bundle | None:
+    """The sealed release that serves ``env`` now, if its bundle is in this working copy."""
+    with open_state(project_root, readonly=True) as store:
+        current = store.current_release(env)
+    if current is None:
+        return None
+    try:
+        return load_bundle(project_root, current)
+    except AirlockError:
+        return None
+
+
 def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
     project = bundle.project
     if project.database is None or not project.database.migrations:
@@ -295,8 +307,35 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
         return GateOutcome.from_findings(
             "migrations", findings, ok="the schema is up to date", evidence=evidence
         )
-    rehearsal = db.rehearse(target)
+    from airlock.db.rehearse import rehearse
+
+    running = _running_release(project_root, env)
+    proofs: list[Any] = []
+
+    def prove_rollback(clone_url: str) -> None:
+        from airlock.rollback_proof import prove
+
+        assert target is not None and running is not None
+        folder = target.require_migrations()
+        sources = [(name, (folder / name).read_text(errors="replace")) for name in pending]
+        proofs.append(
+            prove(
+                running,
+                env,
+                project_root=project_root,
+                clone_url=clone_url,
+                migrations=sources,
+                masker=target.masker,
+            )
+        )
+
+    rehearsal = rehearse(target, after_migrate=prove_rollback if running is not None else None)
     evidence["rehearsal"] = rehearsal.to_dict()
+    if proofs:
+        evidence["rollback_proof"] = proofs[0].to_dict()
+        findings.extend(proofs[0].findings)
+    elif rehearsal.ok:
+        evidence["rollback_proof"] = {"skipped": f"no release runs in {env}: none to roll back to"}
     if not rehearsal.ok:
         findings.append(
             Finding(
@@ -310,7 +349,8 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
         "migrations",
         findings,
         ok=f"{len(pending)} pending migration(s) lint clean and rehearsed on a clone "
-        f"({rehearsal.clone_method}, {rehearsal.clone_seconds:.1f}s)",
+        f"({rehearsal.clone_method}, {rehearsal.clone_seconds:.1f}s)"
+        + (f"; {proofs[0].release} still serves on the migrated schema" if proofs else ""),
         evidence=evidence,
     )
 

@@ -368,6 +368,18 @@ class PostureModel(BaseModel):
         description="Paths that must be rate limited, e.g. `POST /password-reset`.",
     )
     burst: int = Field(default=30, ge=1, le=500, description="Requests in the rate-limit burst.")
+    http_port: int | None = Field(
+        default=80,
+        ge=1,
+        le=65535,
+        description="Where plain HTTP is tried for an https `url`: it must redirect to HTTPS "
+        "(null skips the check).",
+    )
+    https_url: str | None = Field(
+        default=None,
+        description="For an http `url` (e.g. behind a TLS proxy): its HTTPS address, which "
+        "plain HTTP must redirect to.",
+    )
 
 
 class EnvironmentModel(BaseModel):

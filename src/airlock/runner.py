@@ -184,6 +184,32 @@ def resolve_secrets(
     return {name: provider.require(name) for name in wanted}
 
 
+def bind_reference(
+    ref: Reference,
+    *,
+    secrets: Mapping[str, str],
+    endpoints: Mapping[str, Endpoint],
+    env: str,
+    data_dir: str,
+    database_url: Callable[[], str],
+) -> str:
+    """The value a ``${...}`` reference of rendered config takes where the services run:
+    secrets by name, other services' stable endpoints, the environment's name and data folder,
+    and the database's URL (asked for only when a reference needs it)."""
+    if ref.kind == "secret":
+        return secrets[ref.name]
+    if ref.kind == "service":
+        endpoint = endpoints[ref.name]
+        return {"url": endpoint.url, "host": endpoint.host, "port": str(endpoint.port)}[
+            ref.attribute
+        ]
+    if ref.kind == "env":
+        return env if ref.name == "name" else data_dir
+    if ref.kind == "database":
+        return database_url()
+    raise UsageError(f"unknown reference {ref.text}")
+
+
 def planned(bundle: Bundle, env: str, store: StateStore) -> Plan:
     """The plan for deploying ``bundle`` to ``env`` against what is deployed now."""
     project = bundle.project
@@ -276,26 +302,25 @@ class _Drive:
             self.progress(ProgressEvent(kind, service, self.masker.mask(message), self.clock()))
 
     def _binding(self, ref: Reference, secrets_: Mapping[str, str]) -> str:
-        if ref.kind == "secret":
-            return secrets_[ref.name]
-        if ref.kind == "service":
-            endpoint = self.endpoints[ref.name]
-            return {"url": endpoint.url, "host": endpoint.host, "port": str(endpoint.port)}[
-                ref.attribute
-            ]
-        if ref.kind == "env":
-            return self.env if ref.name == "name" else self.runtime.data_dir
-        if ref.kind == "database":
-            if self.database_url is None:
-                from airlock.db.target import environment_database_url
+        return bind_reference(
+            ref,
+            secrets=secrets_,
+            endpoints=self.endpoints,
+            env=self.env,
+            data_dir=self.runtime.data_dir,
+            database_url=self._database_url,
+        )
 
-                url, secret_values = environment_database_url(
-                    self.project, self.env, state_root=self.project_root
-                )
-                self.masker.add(*secret_values)
-                self.database_url = url
-            return self.database_url
-        raise UsageError(f"unknown reference {ref.text}")
+    def _database_url(self) -> str:
+        if self.database_url is None:
+            from airlock.db.target import environment_database_url
+
+            url, secret_values = environment_database_url(
+                self.project, self.env, state_root=self.project_root
+            )
+            self.masker.add(*secret_values)
+            self.database_url = url
+        return self.database_url
 
     async def bind(self, secrets_: Mapping[str, str]) -> dict[str, dict[str, str]]:
         """Stable ports for every service, then every service's environment, resolved."""

@@ -208,6 +208,8 @@ def posture_findings(project: Project, envs: Iterable[str]) -> list[Finding]:
             sensitive_paths=list(posture.sensitive_paths),
             cert_min_days=project.gates.cert_min_days,
             burst=posture.burst,
+            http_port=posture.http_port,
+            https_url=posture.https_url,
         )
         findings += probe(target)
     return findings

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,8 +137,17 @@ def drop(url: str, name: str) -> None:
         )
 
 
-def rehearse(target: Target, *, method: Method = "auto") -> Rehearsal:
-    """Clone the target, apply its pending migrations there, report, drop the clone."""
+def rehearse(
+    target: Target,
+    *,
+    method: Method = "auto",
+    after_migrate: Callable[[str], None] | None = None,
+) -> Rehearsal:
+    """Clone the target, apply its pending migrations there, report, drop the clone.
+
+    ``after_migrate(clone_url)`` runs once the migrations succeeded on the clone and before it
+    is dropped: the go/no-go starts the release that runs now against the migrated schema there.
+    """
     name = f"airlock_rehearsal_{secrets.token_hex(4)}"
     folder = target.require_migrations()
     chosen, seconds = clone(target.url, name, method)
@@ -157,6 +167,8 @@ def rehearse(target: Target, *, method: Method = "auto") -> Rehearsal:
             rehearsal.report = migrator.last_report or rehearsal.report
         except GateFailed as exc:
             rehearsal.error = exc.message
+        if after_migrate is not None and rehearsal.ok:
+            after_migrate(clone_url)
     finally:
         drop(target.url, name)
         rehearsal.dropped = True

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from airlock.model import Project
+    from airlock.model import Project, RuntimeModel
 
 #: Runtime name (``environments.ENV.runtime.type``) → the module that implements it.
 RUNTIMES: dict[str, str] = {
@@ -168,9 +168,12 @@ class Runtime(Protocol):
         whether anything was running."""
 
 
-def open_runtime(project: Project, env: str, *, root: Path) -> Runtime:
-    """The runtime of ``env``, as its ``runtime`` setting says; its module is imported now."""
-    settings = project.environments[env].runtime
+def open_runtime(
+    project: Project, env: str, *, root: Path, settings: RuntimeModel | None = None
+) -> Runtime:
+    """The runtime of ``env``, as its ``runtime`` setting says (or ``settings``, e.g. a local
+    runtime in a throwaway folder); its module is imported now."""
+    settings = settings or project.environments[env].runtime
     module = importlib.import_module(RUNTIMES[settings.type])
     runtime: Runtime = module.open_runtime(project, env, settings, root=root)
     return runtime
