@@ -45,6 +45,7 @@ def test_a_release_with_every_gate_passing_is_go_and_the_report_is_stored(
     assert status == {
         "static": "pass",
         "migrations": "skipped",
+        "preflight": "pass",
         "load": "skipped",
         "posture": "skipped",
         "logs": "pass",

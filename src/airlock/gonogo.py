@@ -203,6 +203,7 @@ def run(
     steps: list[tuple[str, Callable[[], GateOutcome]]] = [
         ("static", lambda: _static(project, project_root, env)),
         ("migrations", lambda: _migrations(bundle, project_root, env)),
+        ("preflight", lambda: _preflight(bundle, project_root, env)),
         ("load", lambda: _load(bundle, project_root, env, say)),
         ("posture", lambda: _posture(project, env)),
         ("logs", lambda: logs_gate(project, project_root, bundle.id)),
@@ -275,6 +276,14 @@ def _static(project: Project, project_root: Path, env: str) -> GateOutcome:
         ok=ok,
         evidence={"findings": len(result.findings), "silenced_by_baseline": result.silenced},
     )
+
+
+def _preflight(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
+    """The target checked against what the release needs, from its hosts (TLS is the posture
+    gate's)."""
+    from airlock.preflight import preflight
+
+    return preflight(project_root, env, bundle.id, tls=False)
 
 
 def _running_release(project_root: Path, env: str) -> Bundle | None:

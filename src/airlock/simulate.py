@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -64,9 +64,17 @@ from airlock.engine import (
     SwitchTraffic,
     Tick,
 )
-from airlock.errors import RuntimeFailure
+from airlock.errors import RuntimeFailure, UsageError
 from airlock.graph import depths, toposort
-from airlock.runtimes import Endpoint, FetchResult, InstanceSpec, InstanceStatus, ProbeResult
+from airlock.runtimes import (
+    CheckResult,
+    Endpoint,
+    FetchResult,
+    HostCheck,
+    InstanceSpec,
+    InstanceStatus,
+    ProbeResult,
+)
 
 __all__ = [
     "Behaviour",
@@ -488,6 +496,10 @@ class SimulatedRuntime:
 
     async def log_files(self) -> dict[str, Path]:
         return {}
+
+    async def check_hosts(self, checks: Sequence[HostCheck]) -> list[CheckResult]:
+        """A simulation has no hosts to check: preflight runs on real runtimes only."""
+        raise UsageError("the simulated runtime has no hosts: preflight needs a real runtime")
 
     async def shutdown(self) -> bool:
         was = bool(self.instances)

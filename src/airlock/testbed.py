@@ -45,6 +45,7 @@ BRIDGE = "alkbr0"
 SUBNET = ipaddress.IPv4Network("10.213.0.0/24")
 GATEWAY = "10.213.0.1"
 HOST_PREFIX = "alk-h"  # network namespaces alk-h1, alk-h2, …
+FIREWALL_TABLE = "airlock_testbed"  # nftables table of a host's rules (drop_inbound)
 VETH_PREFIX = "alk-v"  # their veth ends on the bridge
 PEER_PREFIX = "alk-p"  # the other end, renamed eth0 once inside the namespace
 SSH_PORT = 22
@@ -500,6 +501,32 @@ class FleetHost:
         self._wait(self.link_up, "its link to come up")
         _call(["ip", "neigh", "flush", "to", self.address])
         self._wait(self._reachable, "its sshd to answer over the bridge")
+
+    def drop_inbound(self, source: str, port: int) -> None:
+        """A firewall rule on the host (nftables, in its own network namespace): TCP from
+        ``source`` to ``port`` is dropped, as a forgotten firewall port would."""
+        table = ["ip", "netns", "exec", self.name, "nft"]
+        _call([*table, "add", "table", "inet", FIREWALL_TABLE])
+        _call(
+            [
+                *table,
+                "add chain inet " + FIREWALL_TABLE + " input "
+                "{ type filter hook input priority 0 ; policy accept ; }",
+            ]
+        )
+        _call(
+            [
+                *table,
+                f"add rule inet {FIREWALL_TABLE} input ip saddr {source} tcp dport {port} drop",
+            ]
+        )
+
+    def clear_firewall(self) -> None:
+        """Remove every rule :meth:`drop_inbound` added."""
+        _call(
+            ["ip", "netns", "exec", self.name, "nft", "delete", "table", "inet", FIREWALL_TABLE],
+            check=False,
+        )
 
     def link_up(self) -> bool:
         base = Path("/sys/class/net") / self.veth

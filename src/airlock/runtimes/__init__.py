@@ -18,9 +18,10 @@ between turns engine actions into runtime calls.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from airlock.model import Project, RuntimeModel
@@ -117,6 +118,35 @@ class FetchResult:
         return self.status is not None and 200 <= self.status < 300
 
 
+@dataclass(frozen=True)
+class HostCheck:
+    """One check ``airlock preflight`` runs where services will run (the kinds and their
+    arguments: :mod:`airlock.runtimes.hostcheck`).
+
+    It runs on every host of ``service`` (``None``: every host of the environment). A
+    ``connect`` check with ``to_service`` goes to every host of that service at ``args["port"]``;
+    the runtime first listens there wherever nothing does, so that a connection proves the
+    whole path (firewalls included), not just that a host answered.
+    """
+
+    service: str | None
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    to_service: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one :class:`HostCheck` found on one host (``target``: the other end, if any)."""
+
+    check: HostCheck
+    host: str
+    ok: bool
+    detail: str
+    target: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class Runtime(Protocol):
     """The handful of operations the runner, the gates and the library need from a target."""
 
@@ -166,6 +196,10 @@ class Runtime(Protocol):
     async def shutdown(self) -> bool:
         """Stop every instance and the runtime's own helpers; leave nothing running. Returns
         whether anything was running."""
+
+    async def check_hosts(self, checks: Sequence[HostCheck]) -> list[CheckResult]:
+        """Run ``checks`` where the services run (each on the hosts of its service), from
+        there; nothing of the environment is started or changed."""
 
 
 def open_runtime(

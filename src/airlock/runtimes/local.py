@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,15 @@ import psutil
 import airlock
 from airlock.errors import AirlockError, PortInUseError, RuntimeFailure, UsageError
 from airlock.paths import env_dir
-from airlock.runtimes import Endpoint, FetchResult, InstanceSpec, InstanceStatus, ProbeResult
+from airlock.runtimes import (
+    CheckResult,
+    Endpoint,
+    FetchResult,
+    HostCheck,
+    InstanceSpec,
+    InstanceStatus,
+    ProbeResult,
+)
 from airlock.runtimes.agent import (
     AGENT_FILE,
     EXIT_ALREADY_RUNNING,
@@ -222,6 +231,11 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 # -- the runtime -------------------------------------------------------------------------------
 
 
+def _request(check: HostCheck) -> dict[str, Any]:
+    """A host check as :mod:`airlock.runtimes.hostcheck` takes it; a service is on 127.0.0.1."""
+    return {"kind": check.kind, **check.args, **({"host": HOST} if check.to_service else {})}
+
+
 def open_runtime(
     project: Project, env: str, settings: LocalRuntimeModel, *, root: Path
 ) -> LocalRuntime:
@@ -385,6 +399,43 @@ class LocalRuntime:
         """Stop every instance and the agent; return once they are all gone."""
         self._info = None
         return await asyncio.to_thread(stop_environment, self.env_dir)
+
+    async def check_hosts(self, checks: Sequence[HostCheck]) -> list[CheckResult]:
+        """Run the checks on this machine; a ``connect`` to a service goes to its stable port
+        on 127.0.0.1, held open here for the time of the checks where nothing listens."""
+        from airlock.runtimes import hostcheck
+
+        where = socket.gethostname()
+        wanted = sorted({int(c.args["port"]) for c in checks if c.to_service is not None})
+
+        def work() -> list[CheckResult]:
+            alone = [i for i, c in enumerate(checks) if c.to_service is None]
+            paths = [i for i, c in enumerate(checks) if c.to_service is not None]
+            answers: dict[int, dict[str, Any]] = dict(
+                zip(alone, hostcheck.run_checks([_request(checks[i]) for i in alone]), strict=True)
+            )
+            sockets, _held, _busy = hostcheck.hold_ports(wanted, HOST)
+            try:
+                found = hostcheck.run_checks([_request(checks[i]) for i in paths])
+                answers.update(zip(paths, found, strict=True))
+            finally:
+                for sock in sockets:
+                    sock.close()
+            return [
+                CheckResult(
+                    check=check,
+                    host=where,
+                    ok=bool(answer.get("ok")),
+                    detail=str(answer.get("detail", "")),
+                    target=f"{HOST}:{check.args['port']}" if check.to_service else None,
+                    data=answer,
+                )
+                for check, answer in zip(
+                    checks, (answers[i] for i in range(len(checks))), strict=True
+                )
+            ]
+
+        return await asyncio.to_thread(work)
 
     # -- talking to the agent -----------------------------------------------------------------
 

@@ -82,7 +82,15 @@ import asyncssh
 import airlock
 from airlock.errors import AirlockError, PortInUseError, RuntimeFailure, UsageError
 from airlock.paths import env_dir, state_dir
-from airlock.runtimes import Endpoint, FetchResult, InstanceSpec, InstanceStatus, ProbeResult
+from airlock.runtimes import (
+    CheckResult,
+    Endpoint,
+    FetchResult,
+    HostCheck,
+    InstanceSpec,
+    InstanceStatus,
+    ProbeResult,
+)
 from airlock.runtimes.agent import TERM_GRACE, service_log_file
 from airlock.runtimes.control import (
     AgentInfo,
@@ -1051,6 +1059,108 @@ class SshRuntime:
         finally:
             await self.close()
         return any(ran.values())
+
+    async def check_hosts(self, checks: Sequence[HostCheck]) -> list[CheckResult]:
+        """Run the checks from the hosts themselves, each host's in one program: first those
+        that need nothing, then — with every port a ``connect`` goes to held open on its hosts
+        where nothing listens — the connections; then the ports are let go. A host that cannot
+        be reached fails its checks."""
+        alone = [c for c in checks if c.to_service is None]
+        paths = [c for c in checks if c.to_service is not None]
+        first = await self._check_hosts(alone) if alone else []
+        return first + (await self._check_hosts(paths) if paths else [])
+
+    async def _check_hosts(self, checks: Sequence[HostCheck]) -> list[CheckResult]:
+        holds: dict[str, set[int]] = {}
+        plan: dict[str, list[tuple[HostCheck, dict[str, Any], str | None]]] = {}
+        for check in checks:
+            sources = self._placement(check.service) if check.service else self.hosts.values()
+            for source in sources:
+                mine = plan.setdefault(source.name, [])
+                if check.to_service is None:
+                    mine.append((check, {"kind": check.kind, **check.args}, None))
+                    continue
+                port = int(check.args["port"])
+                for dest in self._placement(check.to_service):
+                    holds.setdefault(dest.name, set()).add(port)
+                    request = {"kind": check.kind, **check.args, "host": self._public_address(dest)}
+                    mine.append((check, request, f"{dest.name}:{port}"))
+        held: list[asyncssh.SSHClientProcess[str]] = []
+
+        async def hold(host: _Host) -> None:
+            held.append(await self._hold_ports(host, sorted(holds[host.name])))
+
+        async def run(host: _Host) -> list[dict[str, Any]]:
+            requests = [request for _, request, _ in plan[host.name]]
+            answer = await self._host_check(host, {"checks": requests})
+            return list(answer.get("answers") or [])
+
+        try:
+            held_on = await self._gather([self.hosts[n] for n in holds], hold)
+            answers = await self._gather([self.hosts[n] for n in plan], run)
+        finally:
+            for process in held:
+                with contextlib.suppress(Exception):
+                    process.stdin.write_eof()
+                    await asyncio.wait_for(process.wait_closed(), 5.0)
+                process.close()
+        results: list[CheckResult] = []
+        for name, entries in plan.items():
+            outcome = answers[name]
+            for index, (check, _request, target) in enumerate(entries):
+                dest_name = target.split(":")[0] if target else None
+                blocked = held_on.get(dest_name) if dest_name else None
+                if isinstance(outcome, BaseException):
+                    detail = f"the checks could not run on the host: {_message(outcome)}"
+                    results.append(CheckResult(check, name, False, detail, target))
+                elif isinstance(blocked, BaseException):
+                    detail = f"could not listen on {target} to test the path: {_message(blocked)}"
+                    results.append(CheckResult(check, name, False, detail, target))
+                else:
+                    answer = outcome[index] if index < len(outcome) else {}
+                    ok, detail = bool(answer.get("ok")), str(answer.get("detail", ""))
+                    results.append(CheckResult(check, name, ok, detail, target, answer))
+        return results
+
+    async def _host_check(self, host: _Host, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Run :mod:`airlock.runtimes.hostcheck` on the host with ``arguments``; its answer."""
+        conn = await self._connect(host)
+        command = self._host_check_command(arguments)
+        try:
+            result = await asyncio.wait_for(conn.run(command, check=False), 60.0)
+        except TimeoutError:
+            raise _HostFailure("the preflight checks did not finish within 60 s") from None
+        for line in str(result.stdout or "").splitlines():
+            if line.startswith(_JSON_MARK):
+                answer = json.loads(line[len(_JSON_MARK) :])
+                if isinstance(answer, dict):
+                    return answer
+        said = " ".join(str(result.stderr or result.stdout or "").split())[:300]
+        raise _HostFailure(
+            f"{self.settings.python} did not run the checks (exit status {result.exit_status}): "
+            f"{said or 'no output'}"
+        )
+
+    async def _hold_ports(self, host: _Host, ports: list[int]) -> asyncssh.SSHClientProcess[str]:
+        """Listen on ``ports`` of the host where nothing does, until the process's input ends."""
+        conn = await self._connect(host)
+        arguments = {"hold": ports, "address": self._listen_address(host)}
+        process = await conn.create_process(self._host_check_command(arguments))
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), 30.0)
+        except TimeoutError:
+            process.close()
+            raise _HostFailure("holding ports for the checks did not answer in 30 s") from None
+        if not str(line).startswith(_JSON_MARK):
+            process.close()
+            raise _HostFailure(f"holding ports for the checks failed: {str(line).strip()[:200]}")
+        return process
+
+    def _host_check_command(self, arguments: dict[str, Any]) -> str:
+        from airlock.runtimes import hostcheck
+
+        program = Path(hostcheck.__file__).read_text() + f"\nmain({json.dumps(arguments)!r})\n"
+        return f"{shlex.quote(self.settings.python)} -I -c {shlex.quote(program)}"
 
     async def close(self) -> None:
         """Close the SSH connections (the agents keep running)."""
