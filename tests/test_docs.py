@@ -34,10 +34,9 @@ def test_every_command_has_help_and_is_documented() -> None:
 
 def test_every_finding_code_is_documented() -> None:
     """Each finding code is explained in docs/findings.md, each lint rule in migration-lint.md."""
+    from airlock import api
     from airlock.checks.gate import ALL_CODES
     from airlock.db.lint import RULES
-
-    from airlock import api
 
     docs = (REPO / "docs" / "findings.md").read_text()
     for code in {**CODES, **ALL_CODES}:
