@@ -83,6 +83,18 @@ class ProjectFactory:
                         EmbeddedServer(env / "postgres").destroy()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _audit_keys_stay_in_the_test_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """Audit signing keys are created in a folder of the test session, never the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        patch.delenv("AIRLOCK_AUDIT_KEY", raising=False)
+        patch.delenv("AIRLOCK_ACTOR", raising=False)
+        yield
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Iterator[ProjectFactory]:
     factory = ProjectFactory(tmp_path)

@@ -8,7 +8,9 @@ Deploys run services from the bundle, never from the working tree, and verify ev
 
 The manifest also records, outside the hashed content, the git commit the release was sealed from:
 ``"source": {"commit": SHA or None, "dirty": bool}`` (see :func:`git_source`), so the CI gate can
-ask about exactly that commit.
+ask about exactly that commit; and, for lead times (``airlock metrics``), the commits it brings
+since the release sealed before it, with their author and commit times: ``"commits"`` and
+``"commits_since"`` (see :func:`sealed_commits`; ``"commits": null`` outside git).
 """
 
 from __future__ import annotations
@@ -164,6 +166,50 @@ def git_source(root: Path, sealed: list[str] | None = None) -> dict[str, Any]:
         else:
             dirty = not set(sealed) <= set(tracked[1].split("\0"))
     return {"commit": commit, "dirty": dirty}
+
+
+def _stamp(seconds: str) -> str:
+    return datetime.fromtimestamp(int(seconds), UTC).isoformat(timespec="seconds")
+
+
+def sealed_commits(
+    root: Path, head: str | None, previous: str | None
+) -> list[dict[str, str]] | None:
+    """The commits a release sealed at ``head`` brings since the release sealed before it (at
+    ``previous``): ``git rev-list previous..head`` when ``previous`` is an ancestor of ``head``,
+    else ``head`` alone (another line of history, or no earlier release). Each is
+    ``{"hash", "author_time", "commit_time"}`` (UTC, ISO 8601), newest first. None without git
+    or outside a repository. Never raises.
+    """
+    if head is None:
+        return None
+    span = ["--max-count=1", head]
+    if previous:
+        ancestor = _git(root, "merge-base", "--is-ancestor", previous, head)
+        if ancestor is not None and ancestor[0] == 0:
+            span = [f"{previous}..{head}"]
+    listed = _git(root, "log", "--no-color", "--format=%H %at %ct", *span, "--")
+    if listed is None or listed[0] != 0:
+        return None
+    commits = []
+    for line in listed[1].splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            commits.append(
+                {"hash": parts[0], "author_time": _stamp(parts[1]), "commit_time": _stamp(parts[2])}
+            )
+    return commits
+
+
+def _commit_record(root: Path, source: dict[str, Any], release_id: str) -> dict[str, Any]:
+    """What the manifest records for lead times: ``commits`` (see :func:`sealed_commits`) and
+    ``commits_since``, the commit of the release sealed before this one (None if none)."""
+    earlier = [b for b in list_releases(root) if b.id != release_id and b.commit is not None]
+    previous = earlier[-1].commit if earlier else None
+    return {
+        "commits": sealed_commits(root, source["commit"], previous),
+        "commits_since": previous,
+    }
 
 
 def content_id(content: dict[str, Any]) -> str:
@@ -371,13 +417,14 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
     if (target / MANIFEST).is_file():
         bundle = load_bundle(root, release_id)
         bundle.verify()
-        return _committed(bundle, source), False
+        return _committed(bundle, source, root), False
     manifest = {
         "id": release_id,
         **content,
         "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
         "source": source,
+        **_commit_record(root, source, release_id),
     }
     releases_dir(root).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=releases_dir(root)))
@@ -399,12 +446,17 @@ def build_release(project: Project, version: str | None = None) -> tuple[Bundle,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    with open_state(root) as store:  # the audit log records every seal
+        store.record_seal(
+            release_id, project=project.project, version=label, source=source, files=len(files)
+        )
     return Bundle(target, manifest), True
 
 
-def _committed(bundle: Bundle, source: dict[str, Any]) -> Bundle:
-    """An existing bundle, its ``source`` upgraded when it was sealed from uncommitted changes
-    (or outside git) and the same content is now a clean commit; otherwise unchanged.
+def _committed(bundle: Bundle, source: dict[str, Any], root: Path) -> Bundle:
+    """An existing bundle, its ``source`` (and the commits it brings) upgraded when it was sealed
+    from uncommitted changes (or outside git) and the same content is now a clean commit;
+    otherwise unchanged.
 
     The source is not part of the hashed content, so the id and :meth:`Bundle.verify` are
     unaffected; the manifest is replaced atomically.
@@ -414,7 +466,7 @@ def _committed(bundle: Bundle, source: dict[str, Any]) -> Bundle:
         return bundle
     if old["commit"] is not None and not old["dirty"]:
         return bundle
-    manifest = {**bundle.manifest, "source": source}
+    manifest = {**bundle.manifest, "source": source, **_commit_record(root, source, bundle.id)}
     path = bundle.path / MANIFEST
     fd, temporary = tempfile.mkstemp(prefix=".manifest-", dir=bundle.path)
     try:

@@ -16,6 +16,7 @@ the message (never a traceback) and exits with :attr:`AirlockError.exit_code`: 2
     ├── StateError                 the state store is unreadable or inconsistent (exit 2)
     │   └── LockedError            another release holds the environment (exit 2)
     ├── GateFailed                 a gate said no: the release was refused (exit 1)
+    ├── AuditFailed                the audit log does not verify (exit 1)
     ├── RuntimeFailure             the runtime (agent, processes) failed us (exit 1)
     └── ReleaseFailed              the release failed and was rolled back (exit 1)
 
@@ -134,6 +135,12 @@ class LockedError(StateError):
 
 class GateFailed(AirlockError):
     """A gate said no; nothing was deployed."""
+
+    exit_code = 1
+
+
+class AuditFailed(AirlockError):
+    """The audit log does not verify: an entry was changed, removed or reordered."""
 
     exit_code = 1
 

@@ -1,5 +1,5 @@
 """The state store: deployments, their event journal, what is deployed, environment locks (as
-leases), gate runs and approvals.
+leases), gate runs, approvals, and the tamper-evident audit log (:mod:`airlock.state.audit`).
 
 One :class:`StateStore` type with two backends: SQLite in ``.airlock/state.db`` (the default, one
 operator) and PostgreSQL (``AIRLOCK_STATE_URL=postgresql://...``, a team sharing one store). The
@@ -76,12 +76,18 @@ def open_state(
     ``lease_seconds``, else ``AIRLOCK_LEASE_SECONDS``, else 30 s.
     """
     chosen = _chosen_url(url, project_root)
+    store: StateStore
     if chosen is not None and chosen.startswith(_POSTGRES):
         from airlock.state.postgres import PostgresStateStore
 
-        return PostgresStateStore(chosen, readonly=readonly, lease_seconds=lease_seconds)
-    path = _sqlite_path(project_root, chosen)
-    return SQLiteStateStore(path, readonly=readonly, lease_seconds=lease_seconds)
+        store = PostgresStateStore(chosen, readonly=readonly, lease_seconds=lease_seconds)
+    else:
+        path = _sqlite_path(project_root, chosen)
+        store = SQLiteStateStore(path, readonly=readonly, lease_seconds=lease_seconds)
+    name = _PROJECT_NAMES.get(Path(project_root).resolve())
+    if name is not None and not readonly:
+        store.audit_home = (Path(project_root), name)  # its periodic audit checkpoints
+    return store
 
 
 def state_location(project_root: Path, *, url: str | None = None) -> str:
@@ -94,17 +100,22 @@ def state_location(project_root: Path, *, url: str | None = None) -> str:
 
 #: Project folder → the ``state.url`` its ``airlock.yaml`` names (see :func:`use_project_url`).
 _PROJECT_URLS: dict[Path, str] = {}
+#: Project folder → the project's name (its audit signing key is named after it).
+_PROJECT_NAMES: dict[Path, str] = {}
 
 
-def use_project_url(project_root: Path, url: str | None) -> None:
+def use_project_url(project_root: Path, url: str | None, *, name: str | None = None) -> None:
     """Remember the ``state: {url: …}`` of the project in ``project_root``: :func:`open_state`
     uses it when it is given no ``url`` and ``AIRLOCK_STATE_URL`` is not set (the library calls
-    this when it loads a project)."""
+    this when it loads a project). With the project's ``name``, stores opened for writing sign
+    the audit log's periodic checkpoints with that project's key."""
     key = Path(project_root).resolve()
     if url:
         _PROJECT_URLS[key] = url
     else:
         _PROJECT_URLS.pop(key, None)
+    if name:
+        _PROJECT_NAMES[key] = name
 
 
 def _chosen_url(url: str | None, project_root: Path | None = None) -> str | None:

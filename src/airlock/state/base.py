@@ -12,6 +12,10 @@ expires; a store that holds a lease renews it from a thread of its own every thi
 length, on a connection of its own, until :meth:`StateStore.finish` or :meth:`StateStore.close`.
 A holder is alive while its lease has not expired, and, when it runs on this host, while its
 process exists (so one machine need not wait for the lease to run out after a crash).
+
+The audit log is appended to in the same transaction as the write it records (a deployment begun,
+taken over or finished, a migration or an approval journaled, a gate run, an approval); the
+hashing, the Merkle trees and the checkpoints are :mod:`airlock.state.audit`'s.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from airlock.errors import LeaseLost, LockedError, StateError
+from airlock.errors import AirlockError, LeaseLost, LockedError, StateError
+from airlock.state import audit
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -163,7 +169,44 @@ STEPS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE locks ADD COLUMN lease_token TEXT",
         "CREATE INDEX IF NOT EXISTS deployments_status ON deployments (env, status)",
     ),
+    # 3: the audit log, append-only, hash-chained (see airlock.state.audit); each dialect adds
+    # what refuses to change or delete an entry (APPEND_ONLY)
+    (
+        """CREATE TABLE IF NOT EXISTS audit (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            env TEXT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_env ON audit (env, seq)",
+    ),
 )
+#: Statements only one dialect runs, after the shared ones of a step: dialect → step → them.
+#: The audit log refuses UPDATE and DELETE (and, in PostgreSQL, TRUNCATE) of its entries.
+APPEND_ONLY: dict[str, dict[int, tuple[str, ...]]] = {
+    "sqlite": {
+        3: (
+            "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END",
+            "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END",
+        )
+    },
+    "postgres": {
+        3: (
+            "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION USING MESSAGE = "
+            "'the audit log is append-only: ' || TG_OP || ' refused'; END $$",
+            "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+            "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+            "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+        )
+    },
+}
 #: The version of the schema this Airlock writes.
 SCHEMA_VERSION = len(STEPS)
 
@@ -371,6 +414,10 @@ class StateStore(ABC):
         self._closed = False
         #: deployments whose lease this store held and lost, and why
         self.lost: dict[str, str] = {}
+        #: the project folder and name to write audit checkpoints for (set by ``open_state``);
+        #: None: this store writes none by itself
+        self.audit_home: tuple[Path, str] | None = None
+        self._checkpoint_due = False
 
     # -- what a backend provides ---------------------------------------------------------------
 
@@ -457,8 +504,9 @@ class StateStore(ABC):
             self._lock_schema()
             version = self._read_version()  # again: another writer may have upgraded it
             self._refuse_newer(version)
-            for step in STEPS[version:]:
-                for statement in step:
+            extra = APPEND_ONLY.get(self.dialect.name, {})
+            for number, step in enumerate(STEPS[version:], start=version + 1):
+                for statement in (*step, *extra.get(number, ())):
                     self._execute(self.dialect.render(statement))
             if version < SCHEMA_VERSION:
                 self._write_version(SCHEMA_VERSION)
@@ -506,7 +554,11 @@ class StateStore(ABC):
                 f"the state store {self.where} was opened for reading",
                 hint="open it with readonly=False to change it",
             )
-        return self._in_transaction(work)
+        result = self._in_transaction(work)
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self._checkpoint_quietly()
+        return result
 
     def _in_transaction(self, work: Callable[[], T]) -> T:
         """Run ``work`` in a transaction, again from the start when it met a concurrent write."""
@@ -631,6 +683,17 @@ class StateStore(ABC):
                     raise self._locked(env, lock["deployment_id"], lock, lock["since"], now)
                 # a lock left by a deployment that is not running: nothing to resume
                 self._execute("DELETE FROM locks WHERE env = ?", (env,))
+                self._audit(
+                    "lock.broken",
+                    env,
+                    {
+                        "deployment": lock["deployment_id"],
+                        "holder": lock["holder"],
+                        "host": lock["host"],
+                        "since": lock["since"],
+                        "why": "its deployment is not running",
+                    },
+                )
             since = _stamp(now)
             self._execute(
                 "INSERT INTO locks (env, deployment_id, holder, pid, host, since, "
@@ -652,6 +715,17 @@ class StateStore(ABC):
                     *_fields(me),
                     json.dumps(plan),
                 ),
+            )
+            self._audit(
+                f"{kind}.started",
+                env,
+                {
+                    "deployment": deployment_id,
+                    "release": release_id,
+                    "version": version,
+                    "previous_release": previous_release_id,
+                    "lock": {"holder": me.name, "lease_expires_at": self._lease_until(now)},
+                },
             )
 
         self._write(work)
@@ -707,6 +781,20 @@ class StateStore(ABC):
                 "UPDATE deployments SET holder = ?, pid = ?, host = ? WHERE id = ?",
                 (*_fields(me), judged.id),
             )
+            self._audit(
+                "resume",
+                judged.env,
+                {
+                    "deployment": judged.id,
+                    "release": judged.release_id,
+                    "lock": {
+                        "broken_from": seen.name,
+                        "host": seen.host,
+                        "lease_expired_at": lock["lease_expires_at"],
+                        "taken_by": me.name,
+                    },
+                },
+            )
 
         self._write(work)
         self._hold(judged.id, _Lease(judged.env, me, token))
@@ -728,7 +816,8 @@ class StateStore(ABC):
         def work() -> None:
             self._fence(deployment_id)
             row = self._row(
-                "SELECT env, started_at FROM deployments WHERE id = ?", (deployment_id,)
+                "SELECT env, started_at, kind, release_id, version FROM deployments WHERE id = ?",
+                (deployment_id,),
             )
             if row is None:
                 raise StateError(f"no deployment {deployment_id} in {self.where}")
@@ -739,7 +828,21 @@ class StateStore(ABC):
                 "reason = ?, failed_service = ? WHERE id = ?",
                 (status, _stamp(finished), duration, reason, failed_service, deployment_id),
             )
-            self._execute("DELETE FROM locks WHERE deployment_id = ?", (deployment_id,))
+            released = self._execute("DELETE FROM locks WHERE deployment_id = ?", (deployment_id,))
+            self._audit(
+                f"{row['kind']}.finished",
+                row["env"],
+                {
+                    "deployment": deployment_id,
+                    "release": row["release_id"],
+                    "version": row["version"],
+                    "status": status,
+                    "reason": reason,
+                    "failed_service": failed_service,
+                    "seconds": round(duration, 3),
+                    "lock": "released" if released.rowcount else None,
+                },
+            )
 
         self._write(work)
         self._release(deployment_id)
@@ -834,6 +937,13 @@ class StateStore(ABC):
                 "INSERT INTO journal (deployment_id, seq, at, type, body) VALUES (?, ?, ?, ?, ?)",
                 (deployment_id, row["seq"], _stamp(self._now()), type_, text),
             )
+            recorded = _journaled(type_, body)
+            if recorded is not None:
+                found = self._row("SELECT env FROM deployments WHERE id = ?", (deployment_id,))
+                kind, payload = recorded
+                self._audit(
+                    kind, found["env"] if found else None, {"deployment": deployment_id, **payload}
+                )
 
         self._write(work)
 
@@ -937,6 +1047,8 @@ class StateStore(ABC):
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (env, release_id, gate, int(passed), at, text),
             ).rows[0]
+            kind, payload = _gate_entry(row["id"], release_id, gate, passed, body)
+            self._audit(kind, env, payload)
             return GateRun(row["id"], env, release_id, gate, passed, at, dict(body))
 
         return self._write(work)
@@ -983,6 +1095,17 @@ class StateStore(ABC):
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (env, release_id, approver, note, report_id, at),
             ).rows[0]
+            self._audit(
+                "approval",
+                env,
+                {
+                    "approval": row["id"],
+                    "release": release_id,
+                    "approver": approver,
+                    "note": note,
+                    "report": report_id,
+                },
+            )
             return Approval(row["id"], env, release_id, approver, note, report_id, at)
 
         return self._write(work)
@@ -994,6 +1117,66 @@ class StateStore(ABC):
             (env, release_id),
         )
         return [Approval(**r) for r in rows]
+
+    # -- the audit log -------------------------------------------------------------------------
+
+    def record_seal(
+        self, release_id: str, *, project: str, version: str, source: Mapping[str, Any], files: int
+    ) -> None:
+        """Record in the audit log that a release was sealed (nothing else in the store holds
+        releases: they live under ``.airlock/releases/``)."""
+        payload = {
+            "release": release_id,
+            "project": project,
+            "version": version,
+            "commit": source.get("commit"),
+            "dirty": bool(source.get("dirty")),
+            "files": files,
+        }
+        self._write(lambda: self._audit("release.sealed", None, payload))
+
+    def audit_rows(self, env: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit log's entries as stored, oldest first (with ``limit``: the newest ones);
+        nothing in them is checked here (see :func:`airlock.state.audit.verify_rows`)."""
+        query = "SELECT seq, at, actor, env, kind, payload, hash FROM audit"
+        params: list[Any] = []
+        if env is not None:
+            query += " WHERE env = ?"
+            params.append(env)
+        if limit is None:
+            return self._rows(query + " ORDER BY seq", params)
+        rows = self._rows(query + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+        return rows[::-1]
+
+    def _audit(self, kind: str, env: str | None, payload: Mapping[str, Any]) -> None:
+        """Append one entry, inside the caller's transaction, chained to the last one.
+
+        Two writers that both read the same last entry collide on ``seq`` (the primary key);
+        the loser's whole transaction is run again."""
+        last = self._row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        seq = 1 if last is None else int(last["seq"]) + 1
+        prev = "" if last is None else str(last["hash"])
+        at = _stamp(self._now())
+        who = audit.actor()
+        body = json.loads(json.dumps(dict(payload), default=str))
+        digest = audit.entry_hash(audit.encode(seq, at, who, env, kind, body, prev))
+        self._execute(
+            "INSERT INTO audit (seq, at, actor, env, kind, payload, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, at, who, env, kind, audit.canonical(body).decode("ascii"), digest),
+        )
+        if seq % audit.CHECKPOINT_EVERY == 0:
+            self._checkpoint_due = True
+
+    def _checkpoint_quietly(self) -> None:
+        """The periodic checkpoint, after the write that reached it committed. A problem here
+        (a bad key, a log that no longer matches) must not fail that write: the next deploy's
+        checkpoint, and ``airlock audit verify``, report it."""
+        if self.audit_home is None:
+            return
+        root, project = self.audit_home
+        with contextlib.suppress(AirlockError):
+            audit.write_checkpoint(self, root, project)
 
 
 class _Heartbeat:
@@ -1044,6 +1227,64 @@ class _Heartbeat:
 def _close_quietly(store: StateStore) -> None:
     with contextlib.suppress(Exception):  # closing a broken connection
         store.close()
+
+
+def _journaled(type_: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The audit entry a journal record makes, if any: a migration that applied something, an
+    approval override (with its reason), or the approvals a deploy went out on."""
+    if type_ == "migration":
+        steps = [s for s in body.get("steps") or [] if isinstance(s, Mapping)]
+        applied = [s.get("script") for s in steps if s.get("outcome") == "applied"]
+        if not applied:
+            return None
+        snapshot = body.get("snapshot")
+        return "migration.applied", {
+            "applied": applied,
+            "fingerprint": body.get("fingerprint"),
+            "snapshot": snapshot.get("path") if isinstance(snapshot, Mapping) else None,
+        }
+    if type_ == "approval":
+        if body.get("override_reason"):
+            return "override", {
+                "reason": body.get("override_reason"),
+                "by": body.get("by"),
+                "missing": body.get("missing"),
+                "report": body.get("report"),
+                "approvers": body.get("approvers"),
+            }
+        return "deploy.approved", {
+            "report": body.get("report"),
+            "approvers": body.get("approvers"),
+        }
+    return None
+
+
+def _gate_entry(
+    run_id: int, release_id: str, gate: str, passed: bool, body: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The audit entry of a gate run: a go/no-go report with each gate's status, or one gate."""
+    if gate == "gonogo":
+        statuses = {
+            g.get("name"): g.get("status")
+            for g in body.get("gates") or []
+            if isinstance(g, Mapping)
+        }
+        payload = {
+            "run": run_id,
+            "release": release_id,
+            "verdict": body.get("verdict") or ("GO" if passed else "NO-GO"),
+            "gates": statuses,
+        }
+        return "gonogo.report", payload
+    summary = body.get("summary")
+    payload = {
+        "run": run_id,
+        "release": release_id,
+        "gate": gate,
+        "passed": passed,
+        "summary": summary if isinstance(summary, str) else None,
+    }
+    return "gate.run", payload
 
 
 def _stamp(moment: datetime) -> str:
