@@ -119,3 +119,17 @@ def test_the_cli_says_what_failed_where_and_exits_1(bank: tuple[Path, int]) -> N
     assert json.loads(data.stdout)["status"] == "fail"
     unknown = airlock("preflight", "nowhere", cwd=project)
     assert unknown.returncode == 2 and "nowhere" in unknown.stderr
+
+
+def test_discovery_then_preflight_on_the_machine_it_ran_on_passes(
+    bank: tuple[Path, int],
+) -> None:
+    """What `airlock discover --all` records is what preflight checks; where discovery ran, the
+    release's needs are met, so nothing fails and no service lacks a record."""
+    project, port = bank
+    api.discover(project, env="staging", seconds=1.0, every=True)
+    outcome = api.preflight(project, "staging")
+    assert outcome.status.value == "pass", outcome.to_dict()
+    assert not [f for f in outcome.findings if f.code == "preflight.no-discovery"]
+    connects = [c for c in outcome.evidence["checks"] if c["check"] == "connect"]
+    assert [c["target"] for c in connects] == [f"127.0.0.1:{port}"]

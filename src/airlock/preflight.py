@@ -98,6 +98,7 @@ def discovered(bundle: Bundle) -> dict[str, Need]:
                     for c in connects
                     if c.get("host") and not c.get("service") and not _is_address(str(c["host"]))
                 }
+                | {str(n) for n in record.get("names") or [] if isinstance(n, str)}
             )
             found[record["service"]] = Need(
                 service=record["service"],
@@ -245,6 +246,7 @@ def _plan_needs(
             or variable in config
             or variable in PROVIDED
             or variable.startswith(PROVIDED_PREFIXES)
+            or entry.get("provided") in {"airlock", "runtime"}  # set wherever it runs
         ):
             continue
         how = str(entry.get("how") or "observed")
@@ -260,8 +262,9 @@ def _plan_needs(
         )
     for entry in need.connects:
         host, port = str(entry.get("host") or entry.get("address") or ""), entry.get("port")
-        if entry.get("service") or entry.get("failed") or not isinstance(port, int) or not host:
-            continue  # dependencies are checked from the model; failed tries were not needed
+        seen, failed = entry.get("seen") or 1, entry.get("failed") or 0
+        if entry.get("service") or failed >= seen or not isinstance(port, int) or not host:
+            continue  # dependencies are checked from the model; what never worked was not needed
         if _is_local(host) or _is_local(str(entry.get("address") or "")):
             continue
         plan.add(
@@ -283,8 +286,8 @@ def _plan_needs(
         )
     for entry in need.files:
         path, mode = str(entry.get("path") or ""), str(entry.get("mode") or "r")
-        if not path.startswith("/") or _system_file(path):
-            continue
+        if not path.startswith("/") or _system_file(path) or entry.get("error"):
+            continue  # an open that always failed was a probe the service coped without
         plan.add(
             HostCheck(name, "file", {"path": path, "mode": "w" if "w" in mode else "r"}),
             "preflight.file-missing",

@@ -15,7 +15,7 @@ import asyncio
 import secrets as random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -106,7 +106,9 @@ def with_dependencies(bundle: Bundle, services: Sequence[str]) -> list[str]:
 class Sandbox:
     """Start ``services`` (default: all) of a sealed release, as ``env`` renders them, locally.
 
-    ``database_url`` replaces ``${database.url}``. Use as an async context manager.
+    ``database_url`` replaces ``${database.url}``. ``prepare``, when given, sees each instance's
+    spec just before it starts and may return another (e.g. its command wrapped in a tracer).
+    Use as an async context manager.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Sandbox:
         services: Sequence[str] | None = None,
         database_url: str | None = None,
         masker: Masker | None = None,
+        prepare: Callable[[InstanceSpec], InstanceSpec] | None = None,
     ) -> None:
         self.bundle = bundle
         self.env = env
@@ -125,6 +128,7 @@ class Sandbox:
         self.services = with_dependencies(bundle, services or list(bundle.project.services))
         self.database_url = database_url
         self.masker = masker or Masker()  # the caller's: it knows the database's password
+        self.prepare = prepare
         self.folder = state_dir(project_root) / "sandboxes" / random.token_hex(4)
         self.runtime = open_runtime(
             bundle.project,
@@ -191,6 +195,8 @@ class Sandbox:
                 env=env,
                 secret_keys=tuple(sorted(secret_keys(config[name]))),
             )
+            if self.prepare is not None:
+                spec = self.prepare(spec)
             try:
                 await self.runtime.start(spec)
             except AirlockError as exc:
