@@ -100,6 +100,9 @@ POLL_SECONDS = 0.05
 START_POLL_SECONDS = 0.02
 BAKE_POLL_SECONDS = 0.2
 PROBE_DETAIL_CHARS = 160
+#: At most this many points of each bake series are journaled (evenly thinned), whatever the
+#: bake's length.
+SERIES_POINTS = 120
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,14 @@ def planned(bundle: Bundle, env: str, store: StateStore) -> Plan:
     )
 
 
+def _thinned(points: list[list[Any]]) -> list[list[Any]]:
+    """At most ``SERIES_POINTS`` of ``points``, evenly spread, the first and last kept."""
+    if len(points) <= SERIES_POINTS:
+        return points
+    step = (len(points) - 1) / (SERIES_POINTS - 1)
+    return [points[round(i * step)] for i in range(SERIES_POINTS)]
+
+
 def _new_instance_id(service: str, release: str, deployment_id: str) -> str:
     return f"{service}-{release[:8]}-{deployment_id[-6:]}"
 
@@ -294,6 +305,8 @@ class _Drive:
         self._scrapes: dict[Unit, int] = {}
         self._metrics_misses: dict[Unit, int] = {}
         self.bake_figures: dict[str, dict[str, Any]] = {}  # per service, once the bake is over
+        # (seconds into the bake, error rate, p95 ms) since the first scrape, for the record
+        self.traffic_series: dict[Unit, list[tuple[float, float | None, float | None]]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -639,6 +652,9 @@ class _Drive:
         samples.append(MemorySample(self.clock(), rss))
         return judge_memory(samples, budget) if budget is not None else None
 
+    def _into_bake(self) -> float:
+        return round(self.clock() - (self.bake_started_at or self.clock()), 2)
+
     @staticmethod
     def _clip(text: str) -> str:
         """``text`` on one line, at most ``PROBE_DETAIL_CHARS`` long, for a reason."""
@@ -701,6 +717,10 @@ class _Drive:
         self.traffic_last[unit] = traffic
         if first is traffic:
             return None
+        so_far = traffic_figures(first, traffic)
+        self.traffic_series.setdefault(unit, []).append(
+            (self._into_bake(), so_far["error_rate"], so_far["p95_ms"])
+        )
         gates = self.project.gates
         verdict = judge_traffic(first, traffic, gates.error_rate, gates.p95_ms, MIN_REQUESTS)
         return None if verdict is None else self.masker.mask(verdict.describe(who))
@@ -778,6 +798,13 @@ class _Drive:
                 "error_rate": gates.error_rate,
                 "p95_ms": gates.p95_ms,
             },
+        }
+        start = self.bake_started_at or 0.0
+        figures["samples"] = {  # over the bake, at most SERIES_POINTS each, for charts
+            "memory_mb": _thinned(
+                [[round(m.at - start, 2), round(m.rss_bytes / 2**20, 1)] for m in samples]
+            ),
+            "traffic": _thinned([list(point) for point in self.traffic_series.get(unit, [])]),
         }
         first, last = self.traffic_first.get(unit), self.traffic_last.get(unit)
         if first is not None and last is not None:
