@@ -51,12 +51,18 @@ def test_demo_runs_from_any_folder_and_cleans_up(tmp_path: Path) -> None:
     assert summary["gonogo"]["gates"] == {
         "static": "pass",
         "migrations": "pass",
+        "preflight": "pass",
         "load": "pass",
         "posture": "skipped",
         "logs": "pass",
         "ci": "skipped",
     }
     assert summary["load"]["requests"] > 0 and summary["load"]["error_rate"] == 0
+    # Airlock's own records of the demo: production's figures, and a log that verifies
+    assert summary["audit"]["ok"] is True and summary["audit"]["entries"] > 0
+    figures = summary["metrics"]
+    assert figures["env"] == "production" and figures["deployments"] == 3
+    assert figures["change_failure_rate"] == figures["rollback_rate"] == round(1 / 3, 4)
     upgrade, rollback = steps["upgrade production to v2"], leak
     assert upgrade["served"] > 0 and rollback["served"] > 0
     assert upgrade["failed"] == 0 and rollback["failed"] == 0

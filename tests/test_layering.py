@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "airlock.plan": {"airlock.model", "airlock.engine"},
     "airlock.secrets": {"airlock.model"},
     "airlock.state": set(),
+    "airlock.metrics": set(),
     "airlock.runtimes": {"airlock.model"},
     "airlock.checks": {"airlock.model", "airlock.plan", "airlock.secrets", PROTOCOL},
     "airlock.bundle": {"airlock.model", "airlock.plan", "airlock.checks", "airlock.state"},
@@ -49,7 +50,17 @@ ALLOWED: dict[str, set[str]] = {
         PROTOCOL,
     },
 }
-LIBRARY = {"airlock.api", "airlock.gonogo", "airlock.demo", "airlock.testbed", "airlock.traffic"}
+LIBRARY = {
+    "airlock.api",
+    "airlock.gonogo",
+    "airlock.demo",
+    "airlock.testbed",
+    "airlock.traffic",
+    "airlock.sandbox",
+    "airlock.rollback_proof",
+    "airlock.discover",
+    "airlock.preflight",
+}
 FACES = {"airlock.cli", "airlock.web", "airlock.entry"}
 
 

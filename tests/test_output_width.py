@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 from airlock import api
@@ -45,6 +46,25 @@ def test_history_status_and_check_fit_80_columns(make_project: ProjectFactory) -
         assert too_long == [], f"{name}: {too_long}"
         assert not any("…" in line for line in shown), f"{name}: {shown}"
     text = "\n".join(history)
-    assert "rolled_back" in text and "succeeded" in text and "exited with code 3" in text
+    assert "rolled back" in text and "succeeded" in text and "exited with code 3" in text
     assert any("payments-gateway" in line and "http://" in line for line in status)
     assert any("deps.unknown" in line for line in check)
+
+
+def test_help_rewraps_each_paragraph_instead_of_breaking_it_into_fragments(
+    tmp_path: Path,
+) -> None:
+    """A command's description in `--help` is its docstring's paragraphs, rewrapped at the
+    width: no row stops half way and goes on below (the line breaks of the source)."""
+    for group in ([], ["db"], ["audit"], ["release"], ["gate"]):
+        inner = [
+            line[1:-1]
+            for line in lines_of(*group, "--help", cwd=tmp_path)
+            if line.startswith("│") and line.endswith("│")
+        ]
+        for row, following in pairwise(inner):
+            continued = following[:4].strip() == "" and following.strip() != ""
+            short = len(row.rstrip()) < 0.6 * len(row)
+            assert not (short and continued), (
+                f"airlock {' '.join(group)} --help breaks a paragraph after: {row.strip()!r}"
+            )

@@ -9,9 +9,11 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from airlock import metrics as figures
 from airlock.bundle import (
     Bundle,
     build_release,
@@ -25,6 +27,7 @@ from airlock.checks.gate import GateResult, posture_findings, repository_root, r
 from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError, ProjectError, UsageError
 from airlock.gonogo import Report as GoNoGoReport
+from airlock.metrics import DeploymentRow, EnvMetrics
 from airlock.model import (
     NAME_PATTERN,
     PROJECT_FILE,
@@ -75,7 +78,7 @@ def project_at(project: PathLike = ".") -> Project:
     """The project (``airlock.yaml``, or the folder holding it); its ``state.url``, if any, is
     the state store from now on."""
     loaded = load_project(Path(project))
-    use_project_url(loaded.root, loaded.state.url)
+    use_project_url(loaded.root, loaded.state.url, name=loaded.project)
     return loaded
 
 
@@ -255,7 +258,8 @@ def deploy(
     require_env(bundle.project, env)
     with open_state(root) as store:
         approval = gng.check_approvals(store, bundle.project, env, bundle, override_reason)
-    return asyncio.run(deploy_async(root, env, bundle.id, progress=progress, approval=approval))
+    result = asyncio.run(deploy_async(root, env, bundle.id, progress=progress, approval=approval))
+    return _checkpointed(root, bundle.project.project, result)
 
 
 def rollback(
@@ -263,7 +267,7 @@ def rollback(
 ) -> DeployResult:
     """Deploy the previous good release again (or ``to``) (``airlock rollback``); it needs the
     sealed releases and the state store only, not a working ``airlock.yaml``."""
-    root = running_project(project, env)[1]
+    loaded, root = running_project(project, env)
     with open_state(root) as store:
         target = to or store.previous_good_release(env)
     if target is None:
@@ -271,13 +275,35 @@ def rollback(
             f"environment {env!r} has no earlier release to roll back to",
             hint="name one with --to RELEASE (see `airlock history`)",
         )
-    return asyncio.run(deploy_async(root, env, target, kind="rollback", progress=progress))
+    result = asyncio.run(deploy_async(root, env, target, kind="rollback", progress=progress))
+    return _checkpointed(root, loaded.project, result)
 
 
 def resume(project: PathLike, env: str, *, progress: Progress | None = None) -> DeployResult | None:
     """Finish or roll back an interrupted deploy; ``None`` when there is none."""
-    root = project_at(project).root
-    return asyncio.run(resume_async(root, env, progress=progress))
+    loaded = project_at(project)
+    result = asyncio.run(resume_async(loaded.root, env, progress=progress))
+    return None if result is None else _checkpointed(loaded.root, loaded.project, result)
+
+
+def _checkpointed(root: Path, name: str, result: DeployResult) -> DeployResult:
+    """At a deploy's end (rolled back or not), sign a checkpoint of the audit log into
+    ``.airlock/audit/checkpoints/`` and the release's ``reports/``. The deployment is recorded
+    whatever happens here; a checkpoint that cannot be signed is an error that says so."""
+    from airlock.errors import AuditFailed
+    from airlock.state import audit
+
+    try:
+        with open_state(root) as store:
+            audit.write_checkpoint(store, root, name, release_id=result.release)
+    except AirlockError as exc:
+        error = AuditFailed if exc.exit_code == 1 else UsageError
+        raise error(
+            f"{result.kind} of {result.version} to {result.env} {result.outcome.replace('_', ' ')} "
+            f"and is recorded, but its audit checkpoint was not written: {exc.message}",
+            hint=exc.hint,
+        ) from None
+    return result
 
 
 def history(project: PathLike, env: str | None = None, limit: int = 50) -> list[Deployment]:
@@ -388,8 +414,15 @@ def codes() -> dict[str, str]:
     """Every finding code and what it means (``airlock codes``), migration lint rules too."""
     from airlock.checks.gate import ALL_CODES
     from airlock.db.lint import RULES
+    from airlock.preflight import CODES as PREFLIGHT_CODES
+    from airlock.rollback_proof import CODE as ROLLBACK_CODE
 
-    return {**ALL_CODES, **{code: rule.summary for code, rule in RULES.items()}}
+    return {
+        **ALL_CODES,
+        **PREFLIGHT_CODES,
+        ROLLBACK_CODE: "The release running now fails on the migrated schema of a rehearsal.",
+        **{code: rule.summary for code, rule in RULES.items()},
+    }
 
 
 def scan_secrets(path: PathLike = ".", *, staged: bool = False, history: bool = True) -> GateResult:
@@ -486,3 +519,380 @@ def gate_ci(project: PathLike, release_ref: str | None = None) -> GateOutcome:
     root = project_at(project).root
     bundle = find_release(root, release_ref)
     return ci_gate(bundle.project, root, bundle)
+
+
+# -- delivery metrics --------------------------------------------------------------------------
+
+
+def metrics(
+    project: PathLike = ".",
+    env: str | None = None,
+    since: str | datetime | None = None,
+    *,
+    lead_time: str = "first-commit",
+    rollback_window_hours: float = 24.0,
+    now: datetime | None = None,
+) -> list[EnvMetrics]:
+    """Delivery metrics of ``env`` (every environment when None) from Airlock's own records
+    (``airlock metrics``): deployments and their journals in the state store, the commits each
+    sealed release recorded. ``since``: a datetime, or text (a date or a duration back from
+    now, such as ``30d``); None: each environment's whole history."""
+    loaded: Project | None
+    broken: ProjectError | None = None
+    try:
+        loaded = project_at(project)
+        root = loaded.root
+    except ProjectError as exc:  # the figures come from the state store, not from airlock.yaml
+        loaded, broken = None, exc
+        root = find_project_file(Path(project)).resolve().parent
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    start = figures.parse_since(since, moment) if isinstance(since, str) else since
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    if lead_time not in figures.LEAD_TIME_DEFINITIONS:
+        raise UsageError(
+            f"unknown lead time definition {lead_time!r}",
+            hint="use " + " or ".join(figures.LEAD_TIME_DEFINITIONS),
+        )
+    if not rollback_window_hours > 0:
+        raise UsageError(f"the rollback window must be positive, not {rollback_window_hours:g}")
+    with open_state(root, readonly=True) as store:
+        rows = store.deployments(None, limit=_ALL_ROWS)
+        recorded = list(dict.fromkeys(d.env for d in reversed(rows)))
+        if broken is not None and not recorded:
+            raise broken  # nothing to go on but airlock.yaml, and it is broken
+        known = list(dict.fromkeys([*(loaded.environments if loaded else ()), *recorded]))
+        if env is not None and env not in known:
+            raise UsageError(
+                f"no environment {env!r} in {loaded.file if loaded else root} or its history",
+                hint="environments: " + (", ".join(known) or "none yet"),
+            )
+        envs = [env] if env is not None else known
+        deployments = [_deployment_row(d) for d in rows if d.env in envs]
+        journals = {
+            d.id: [
+                figures.JournalRow(r["seq"], _when(r["at"]), r["type"], r["body"])
+                for r in store.records(d.id)
+            ]
+            for d in deployments
+            if d.status == "rolled_back" and (start is None or d.started_at >= start)
+        }
+    releases = [
+        figures.ReleaseRow(
+            id=b.id,
+            sealed_at=_when(b.created_at),
+            head=b.commit,
+            commits=figures.commits_from_manifest(b.manifest),
+        )
+        for b in list_releases(root)
+    ]
+    return [
+        figures.compute(
+            name,
+            deployments,
+            releases,
+            journals,
+            now=moment,
+            since=start,
+            lead_time=lead_time,
+            window=timedelta(hours=rollback_window_hours),
+        )
+        for name in envs
+    ]
+
+
+#: Every deployment of the store is read for metrics (a rollback's target may be old).
+_ALL_ROWS = 1_000_000
+
+
+def _when(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _deployment_row(deployment: Deployment) -> DeploymentRow:
+    return DeploymentRow(
+        id=deployment.id,
+        env=deployment.env,
+        kind=deployment.kind,
+        release_id=deployment.release_id,
+        previous_release_id=deployment.previous_release_id,
+        status=deployment.status,
+        started_at=_when(deployment.started_at),
+        finished_at=_when(deployment.finished_at) if deployment.finished_at else None,
+    )
+
+
+# -- the audit log -----------------------------------------------------------------------------
+
+
+def _audited(project: PathLike) -> tuple[Path, str | None]:
+    """The project's folder and name; only the folder when ``airlock.yaml`` cannot be loaded
+    (the log is read from the state store)."""
+    try:
+        loaded = project_at(project)
+    except ProjectError:
+        return find_project_file(Path(project)).resolve().parent, None
+    return loaded.root, loaded.project
+
+
+def audit_verify(
+    project: PathLike = ".",
+    *,
+    checkpoint: PathLike | None = None,
+    public_key: str | None = None,
+) -> dict[str, Any]:
+    """Recompute the audit log from its stored columns (``airlock audit verify``): ``ok``, and
+    the first entry that does not verify. With a ``checkpoint`` (signed with ``public_key``,
+    else with the project's audit key), also a truncated tail or rewritten entries."""
+    from airlock.state import audit
+
+    root, name = _audited(project)
+    with open_state(root, readonly=True) as store:
+        verified = audit.verify_rows(store.audit_rows())
+    report = verified.to_dict()
+    report["checkpoint"] = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        document = audit.read_checkpoint(path)
+        trusted = audit.trusted_key(public_key, name)
+        problem = audit.check_checkpoint(document, verified, trusted, str(path))
+        report["checkpoint"] = {
+            "file": str(path),
+            "size": document["size"],
+            "at": document["at"],
+            "key_id": document["key_id"],
+            "ok": problem is None,
+            "problem": problem,
+        }
+        if problem is not None and report["ok"]:
+            report.update(ok=False, problem=problem, head=None)
+    newest = audit.newest_checkpoint(root)
+    report["newest_checkpoint"] = str(newest) if newest else None
+    return report
+
+
+def audit_show(
+    project: PathLike = ".", env: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries of the audit log (of ``env``), newest first
+    (``airlock audit show``). Shown as stored: ``airlock audit verify`` checks them."""
+    import json
+
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    root, _name = _audited(project)
+    with open_state(root, readonly=True) as store:
+        rows = store.audit_rows(env, limit)
+    entries = []
+    for row in reversed(rows):
+        try:
+            payload = json.loads(row["payload"])
+        except (TypeError, ValueError):
+            payload = row["payload"]
+        entries.append({**row, "payload": payload})
+    return entries
+
+
+def audit_checkpoint(project: PathLike = ".") -> dict[str, Any] | None:
+    """Sign a checkpoint of the audit log now (``airlock audit checkpoint``); None while the
+    log is empty."""
+    from airlock.state import audit
+
+    loaded = project_at(project)
+    with open_state(loaded.root) as store:
+        written = audit.write_checkpoint(store, loaded.root, loaded.project)
+    if written is None:
+        return None
+    path = audit.checkpoint_dir(loaded.root) / f"{written['size']}.json"
+    return {**written, "file": str(path)}
+
+
+def audit_key(project: PathLike = ".") -> dict[str, Any]:
+    """The project's audit signing key: where it is, its public half and id (created on first
+    use) (``airlock audit key``)."""
+    from airlock.state import audit
+
+    loaded = project_at(project)
+    path = audit.key_path(loaded.project)
+    existed = path.exists()
+    public = audit.public_key_of(audit.load_key(loaded.project, create=True))
+    return {
+        "path": str(path),
+        "public_key": public,
+        "key_id": audit.key_id(public),
+        "created": not existed,
+    }
+
+
+def audit_proof(project: PathLike, seq: int) -> dict[str, Any]:
+    """An RFC 6962 inclusion proof of entry ``seq`` against the newest checkpoint
+    (``airlock audit proof``): the entry, its audit path and the signed checkpoint, checkable
+    with nothing else but the public key (:func:`audit_verify_proof`)."""
+    from airlock.errors import AuditFailed
+    from airlock.state import audit
+
+    root, _name = _audited(project)
+    with open_state(root, readonly=True) as store:
+        verified = audit.verify_rows(store.audit_rows())
+    if not 1 <= seq <= verified.entries:
+        raise UsageError(
+            f"the audit log has no entry {seq}: it has {verified.entries} entries",
+            hint="see `airlock audit show`",
+        )
+    if not verified.ok:
+        raise AuditFailed(
+            f"the audit log does not verify: {verified.problem}",
+            hint="run `airlock audit verify` for details",
+        )
+    newest = audit.newest_checkpoint(root)
+    if newest is None:
+        raise UsageError(
+            "there is no checkpoint of the audit log to prove against yet",
+            hint="run `airlock audit checkpoint` (each deploy also writes one)",
+        )
+    checkpoint = audit.read_checkpoint(newest)
+    if checkpoint["size"] < seq:
+        raise UsageError(
+            f"entry {seq} is newer than the newest checkpoint ({newest}, {checkpoint['size']} "
+            "entries)",
+            hint="run `airlock audit checkpoint` first",
+        )
+    problem = audit.check_checkpoint(checkpoint, verified, None, str(newest))
+    if problem is not None:
+        raise AuditFailed(f"the audit log does not match its newest checkpoint: {problem}")
+    return audit.make_proof(verified, seq, checkpoint)
+
+
+def audit_verify_proof(
+    proof: PathLike | dict[str, Any], *, public_key: str | None = None, project: PathLike = "."
+) -> dict[str, Any]:
+    """Check an inclusion proof with nothing but itself and the public key
+    (``airlock audit verify-proof``); without ``public_key``, the project's audit key's."""
+    import json
+
+    from airlock.state import audit
+
+    if isinstance(proof, dict):
+        document: Any = proof
+    else:
+        try:
+            document = json.loads(Path(proof).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot read the proof {proof}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{proof} is not an audit proof (not JSON)") from None
+    name = None
+    if public_key is None:
+        name = project_at(project).project
+    return audit.verify_proof(document, audit.trusted_key(public_key, name))
+
+
+# -- release evidence --------------------------------------------------------------------------
+
+
+def release_evidence(project: PathLike, ref: str) -> dict[str, Any]:
+    """What was measured of a release, in full (the dashboard's release page): its go/no-go
+    reports with every gate's findings and evidence, newest first, and each deployment of it
+    (newest first) with what its bake measured (figures per service, and their series over the
+    bake) and what its migrations did."""
+    from airlock import gonogo as gng
+
+    root = project_at(project).root
+    bundle = load_bundle(root, ref)
+    with open_state(root, readonly=True) as store:
+        reports = [
+            gng.Report.from_run(run).to_dict()
+            for run in store.gate_runs(bundle.id, gate=gng.GONOGO)
+        ]
+        deployments = []
+        for deployment in store.deployments(None, _ALL_ROWS):
+            if deployment.release_id != bundle.id:
+                continue
+            bake = store.records(deployment.id, "bake")
+            migration = store.records(deployment.id, "migration")
+            deployments.append(
+                {
+                    **deployment.to_dict(),
+                    "bake": bake[-1]["body"] if bake else None,
+                    "migration": migration[-1]["body"] if migration else None,
+                }
+            )
+    return {
+        "release": bundle.id,
+        "version": bundle.version,
+        "reports": reports,
+        "deployments": deployments,
+    }
+
+
+def preflight(project: PathLike, env: str, release_ref: str | None = None) -> GateOutcome:
+    """Check ``env`` against what a release needs, from where its services will run
+    (``airlock preflight``): ports, paths to dependencies, outbound destinations, names,
+    settings, files, and the hosts' Python, disk and clock."""
+    from airlock.preflight import preflight as run_preflight
+
+    return run_preflight(project_at(project).root, env, release_ref)
+
+
+def discover(
+    project: PathLike,
+    service: str | None = None,
+    *,
+    env: str | None = None,
+    seconds: float = 10.0,
+    release_ref: str | None = None,
+    every: bool = False,
+    database_url: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Any], list[Path]]:
+    """Observe what services of a sealed release need from the network and the host
+    (``airlock discover``): each runs in a sandbox under strace for ``seconds`` while it is sent
+    its readiness path and ``endpoints``. ``every`` does every service and writes the release's
+    requirements documents too. Returns the :class:`airlock.discover.Discovery` of each
+    service and the files written to the release's ``reports/discover/``."""
+    from airlock import discover as observe
+
+    if every == (service is not None):
+        raise UsageError(
+            "name one service, or --all for every service of the release",
+            hint="e.g. `airlock discover payment` or `airlock discover --all`",
+        )
+    if not seconds > 0:
+        raise UsageError(f"--seconds must be more than 0, not {seconds:g}")
+    root = project_at(project).root
+    bundle = find_release(root, release_ref)
+    sealed = bundle.project
+    if env is None:
+        env = observe.default_env(list(sealed.environments))
+    elif env not in sealed.environments:
+        known = ", ".join(sealed.environments)
+        raise UsageError(
+            f"release {bundle.label} has no environment {env!r}",
+            hint=f"its environments: {known}",
+        )
+    names = list(sealed.services) if every else [str(service)]
+    for name in names:
+        if name not in sealed.services:
+            known = ", ".join(sorted(sealed.services))
+            raise UsageError(
+                f"release {bundle.label} has no service {name!r}", hint=f"its services: {known}"
+            )
+    strace = observe.strace_command()
+    found = []
+    for name in names:
+        if progress is not None:
+            progress(f"discovering {name} in a {env} sandbox for {seconds:g} s")
+        found.append(
+            observe.discover_service(
+                bundle,
+                name,
+                env,
+                project_root=root,
+                seconds=seconds,
+                database_url=database_url,
+                strace=strace,
+            )
+        )
+    written = observe.write_reports(bundle, found, release_documents=every)
+    return found, written

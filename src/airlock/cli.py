@@ -50,6 +50,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # a paragraph of a docstring is one paragraph, rewrapped
 )
 release_app = typer.Typer(help="Seal and inspect release bundles.", no_args_is_help=True)
 env_app = typer.Typer(help="Manage running environments.", no_args_is_help=True)
@@ -156,8 +157,10 @@ def check(
         False, "--posture", help="Also probe the running environments (TLS, headers, CORS, …)."
     ),
 ) -> None:
-    """Check everything that needs no running system: the model, config files, environments
-    (parity, cross-environment references, secrets), API contracts, committed secrets.
+    """Check all that needs no running system: model, config, environments, secrets, contracts.
+
+    The environments are checked for parity, cross-environment references and secrets; the
+    repository for committed secrets; API contracts against their consumers.
 
     Exits 1 when a finding is at or above --fail-on, 2 when the input cannot be read.
     """
@@ -378,6 +381,11 @@ class _Printer:
         )
 
 
+def _short_duration(seconds: float) -> str:
+    """``0.7s``, or ``4 ms`` under a tenth of a second (where ``0.00s`` would say nothing)."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 0.1 else f"{seconds:.1f}s"
+
+
 def _report(result: DeployResult, format: Format) -> None:
     if format is Format.json:
         _json(result.to_dict())
@@ -396,7 +404,8 @@ def _report(result: DeployResult, format: Format) -> None:
                 if result.previous_release
                 else "nothing of it is left running (there was no previous release)"
             )
-            console.print(f"  rolled back automatically in {result.rollback_seconds:.2f}s; {after}")
+            took = _short_duration(result.rollback_seconds)
+            console.print(f"  rolled back automatically in {took}; {after}")
     if result.outcome != "succeeded":
         raise typer.Exit(1)
 
@@ -538,7 +547,8 @@ def history(
         took = f" in {d.duration_seconds:.1f}s" if d.duration_seconds is not None else ""
         started = d.started_at.replace("T", " ")[:16]
         mark = marks.get(d.status, "[red]✗[/]")
-        console.print(f"{mark} {escape(d.version)} {d.kind} {d.status}{took}, {started} UTC")
+        status = d.status.replace("_", " ")
+        console.print(f"{mark} {escape(d.version)} {d.kind} {status}{took}, {started} UTC")
         console.print(f"    {d.id}, release {d.release_id}")
         if d.reason:
             _say_wrapped(f"why: {d.reason}", indent=4)
@@ -675,11 +685,19 @@ def db_status(
             f"  [green]✓[/] {item['script']} ({item['applied_at']}, {item['duration_ms']} ms)"
         )
     for item in data["pending"]:
-        console.print(f"  [yellow]…[/] {item['script']} (pending)")
+        partly = item.get("completed_statements")
+        state = f"pending, {partly} statement(s) done" if partly else "pending"
+        console.print(f"  [yellow]…[/] {item['script']} ({state})")
     for finding in data["findings"]:
         console.print(f"  [red]✗ {finding['code']}[/] {escape(finding['message'])}")
+    _notes(data.get("notes", []))
     if data["findings"]:
         raise typer.Exit(1)
+
+
+def _notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"  [dim]note: {escape(note)}[/]")
 
 
 @db_app.command("validate")
@@ -754,6 +772,7 @@ def db_migrate(
         return
     console.print(f"[bold]{data['database']}[/]")
     _steps_table(data)
+    _notes(data["notes"])
     if outcome.snapshot:
         console.print(f"  snapshot: {outcome.snapshot['path']}")
     for finding in outcome.lint:
@@ -873,6 +892,52 @@ def db_undo(
         _json(report.to_dict())
     else:
         _steps_table(report.to_dict())
+
+
+@db_app.command("baseline")
+def db_baseline(
+    env: str | None = EnvArgument,
+    database_url: str | None = UrlOption,
+    migrations: Path | None = MigrationsOption,
+    project: Path | None = ProjectOption,
+    version: str | None = typer.Option(
+        None, "--version", help="Record the files up to this version as applied, unrun."
+    ),
+    from_flyway: bool = typer.Option(
+        False, "--from-flyway", help="Record what Flyway's history table says it applied."
+    ),
+    flyway_table: str = typer.Option(
+        "flyway_schema_history", "--flyway-table", help="Flyway's table ([schema.]name)."
+    ),
+    format: Format = FormatOption,
+) -> None:
+    """Adopt a database another tool migrated (like Flyway's baseline); changes nothing on error."""
+    from airlock.db import api as db
+
+    report = db.baseline(
+        _target(env, database_url, migrations, project),
+        version=version,
+        from_flyway=from_flyway,
+        flyway_table=flyway_table,
+    )
+    data = report.to_dict()
+    if format is Format.json:
+        _json(data)
+        return
+    console.print(f"[bold]{data['database']}[/]")
+    kinds = {"BASELINE": "baselined", "V": "applied by Flyway", "R": "repeatable, unchanged"}
+    for row in data["recorded"]:
+        console.print(f"  [green]✓[/] {row['script']} ({kinds.get(row['type'], row['type'])})")
+    for finding in report.findings:
+        console.print(f"  [yellow]! {finding.code}[/] {escape(finding.message)}")
+    for script in data["pending"]:
+        console.print(f"  [yellow]…[/] {script} (pending: the next migrate applies it)")
+    _notes(data["notes"])
+    console.print(
+        f"  recorded {len(data['recorded'])} migration(s) as applied"
+        + (f", up to version {data['baseline_version']}" if data["baseline_version"] else "")
+        + f"; schema fingerprint {str(data['fingerprint'])[:12]}"
+    )
 
 
 @db_app.command("backup")
@@ -1117,7 +1182,484 @@ def codes() -> None:
         console.print(f"[bold]{code}[/]  {meaning}")
 
 
+class MetricsFormat(StrEnum):
+    text = "text"
+    json = "json"
+    prometheus = "prometheus"
+
+
+class LeadTimeDefinition(StrEnum):
+    first_commit = "first-commit"
+    merge = "merge"
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: seconds, minutes, hours or days."""
+    if abs(seconds) < 120:
+        return f"{seconds:.1f} s"
+    if abs(seconds) < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if abs(seconds) < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _figure(name: str, value: str, cluster: str | None = None) -> None:
+    """One figure of `airlock metrics`: its name, its value and its DORA cluster, in columns."""
+    label = f"[dim]{cluster}[/]" if cluster else ""
+    console.print(f"  {name:<28} {value:<40} {label}".rstrip(), soft_wrap=True)
+
+
+@app.command("metrics")
+def metrics_command(
+    env: str | None = typer.Argument(None, help="Environment name (default: every one)."),
+    since: str | None = typer.Option(
+        None, "--since", help="A date (2024-05-01) or a duration back from now (30d, 12h, 4w)."
+    ),
+    lead_time: LeadTimeDefinition = typer.Option(
+        LeadTimeDefinition.first_commit,
+        "--lead-time",
+        help="From each commit's author time (first-commit) or from the release HEAD's commit "
+        "time (merge).",
+    ),
+    project: Path | None = ProjectOption,
+    format: MetricsFormat = typer.Option(
+        MetricsFormat.text, "--format", "-f", help="Output format."
+    ),
+) -> None:
+    """Delivery metrics from Airlock's own records: deployment frequency, lead time, change
+    failure rate, recovery time, rollback rate and time to detect, per environment."""
+    results = api.metrics(_project(project), env, since, lead_time=lead_time.value)
+    if format is MetricsFormat.json:
+        _json([r.to_dict() for r in results])
+        return
+    if format is MetricsFormat.prometheus:
+        from airlock.metrics import to_prometheus
+
+        sys.stdout.write(to_prometheus(results))
+        return
+    if not results:
+        console.print("no environments yet")
+        return
+    for r in results:
+        since_text = r.since.strftime("%Y-%m-%d %H:%M")
+        console.print(
+            f"[bold]{escape(r.env)}[/]  since {since_text} UTC, {r.deployments} deploy(s)"
+        )
+        if r.empty:
+            for note in r.notes:
+                _say_wrapped(note, indent=2)
+            continue
+        cluster = r.cluster
+        _figure(
+            "deployment frequency",
+            f"{r.deployment_frequency_per_week:.2f} a week",
+            cluster["deployment_frequency_per_week"],
+        )
+        if r.lead_time_median_hours is not None and r.lead_time_p90_hours is not None:
+            lead = (
+                f"median {_span(r.lead_time_median_hours * 3600)}, "
+                f"p90 {_span(r.lead_time_p90_hours * 3600)} ({r.lead_time_samples})"
+            )
+        else:
+            lead = "not measured"
+        _figure(f"lead time ({r.lead_time_definition})", lead, cluster["lead_time_hours"])
+        failed = len(r.evidence["change_failure_rate"]["failed"])
+        rate = r.change_failure_rate or 0.0
+        _figure(
+            "change failure rate",
+            f"{rate:.0%} ({failed} of {r.deployments})",
+            cluster["change_failure_rate"],
+        )
+        recovery = (
+            f"median {_span(r.recovery_median_minutes * 60)} ({r.recovery_samples})"
+            if r.recovery_median_minutes is not None
+            else "no failure recovered"
+        )
+        _figure("failed deployment recovery", recovery, cluster["recovery_minutes"])
+        _figure("rollback rate", f"{r.rollback_rate or 0.0:.2f} per deploy")
+        detect = (
+            f"median {_span(r.detect_median_seconds)} ({r.detect_samples})"
+            if r.detect_median_seconds is not None
+            else "no failure detected"
+        )
+        _figure("time to detect", detect)
+        for note in r.notes:
+            _say_wrapped(f"note: {note}", indent=2)
+    console.print(
+        "clusters: DORA 2024 (see docs/metrics.md); `--format json` names the deployments, "
+        "releases and commits behind each figure"
+    )
+
+
+# -- the audit log -----------------------------------------------------------------------------
+
+audit_app = typer.Typer(
+    help="The tamper-evident audit log: show, verify, checkpoints and inclusion proofs.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+PublicKeyOption = typer.Option(
+    None,
+    "--public-key",
+    help="The public key checkpoints must be signed with (base64, or a file holding it); "
+    "default: the project's audit key.",
+)
+
+
+def _short(value: Any, length: int = 12) -> str:
+    return str(value)[:length] if value else "-"
+
+
+def _audit_summary(entry: dict[str, Any]) -> str:
+    """One sentence for an audit entry, from its payload."""
+    kind, p = entry["kind"], entry["payload"]
+    if not isinstance(p, dict):
+        return f"(payload not JSON) {p}"
+    release = f"{p.get('version') or ''} ({_short(p.get('release'))})".strip()
+    if kind == "release.sealed":
+        commit = f", commit {_short(p.get('commit'))}" if p.get("commit") else ""
+        dirty = ", with uncommitted changes" if p.get("dirty") else ""
+        return f"sealed {release}, {p.get('files')} file(s){commit}{dirty}"
+    if kind.endswith(".started"):
+        return f"{kind.split('.')[0]} of {release} began; took the lock ({p.get('deployment')})"
+    if kind.endswith(".finished"):
+        took = f" in {p['seconds']:.1f}s" if isinstance(p.get("seconds"), int | float) else ""
+        why = f": {p['reason']}" if p.get("reason") else ""
+        status = str(p.get("status")).replace("_", " ")
+        return f"{kind.split('.')[0]} of {release} {status}{took}{why}"
+    if kind == "resume":
+        lock = p.get("lock") or {}
+        return (
+            f"took over deployment {p.get('deployment')} from {lock.get('broken_from')} "
+            f"(its lease expired {lock.get('lease_expired_at')})"
+        )
+    if kind == "lock.broken":
+        return f"removed the stale lock of {p.get('deployment')} held by {p.get('holder')}"
+    if kind == "migration.applied":
+        return f"applied {', '.join(map(str, p.get('applied') or []))} ({p.get('deployment')})"
+    if kind == "override":
+        missing = "; ".join(map(str, p.get("missing") or []))
+        return f"deployed {p.get('deployment')} without {missing}, because: {p.get('reason')}"
+    if kind == "deploy.approved":
+        approvers = ", ".join(map(str, p.get("approvers") or [])) or "nobody"
+        report = p.get("report")
+        return f"{p.get('deployment')} went out on report {report}, approved by {approvers}"
+    if kind == "gate.run":
+        verdict = "passed" if p.get("passed") else "failed"
+        summary = f": {p['summary']}" if p.get("summary") else ""
+        return f"{p.get('gate')} gate {verdict} for {_short(p.get('release'))}{summary}"
+    if kind == "gonogo.report":
+        return f"go/no-go report {p.get('run')}: {p.get('verdict')} for {_short(p.get('release'))}"
+    if kind == "approval":
+        note = f': "{p["note"]}"' if p.get("note") else ""
+        return (
+            f"{p.get('approver')} approved {_short(p.get('release'))} "
+            f"(report {p.get('report')}){note}"
+        )
+    return json.dumps(p, sort_keys=True)
+
+
+@audit_app.command("show")
+def audit_show(
+    env: str | None = typer.Option(None, "--env", help="Only this environment's entries."),
+    limit: int = typer.Option(50, "--limit", "-n", help="How many, newest first."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """List the audit log's entries, newest first: when, who, where, what."""
+    entries = api.audit_show(_project(project), env, limit)
+    if format is Format.json:
+        _json(entries)
+        return
+    if not entries:
+        console.print("the audit log is empty" + (f" for {env}" if env else ""))
+    for entry in entries:
+        # A short list, not a table: it reads the same at 80 columns, in a log and in a pipe.
+        when = str(entry["at"]).replace("T", " ")[:19]
+        where = f"  {entry['env']}" if entry["env"] else ""
+        console.print(
+            f"[bold]#{entry['seq']}[/] {when} UTC{escape(where)}  {escape(str(entry['kind']))}",
+            soft_wrap=True,
+        )
+        _say_wrapped(f"{entry['actor']}: {_audit_summary(entry)}", indent=4)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="A checkpoint (ideally a copy kept elsewhere) to hold it to."
+    ),
+    public_key: str | None = PublicKeyOption,
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Recompute every entry's hash from its stored columns; with a checkpoint, also its Merkle
+    root. Names the first entry that does not verify; exits 1 when one does not."""
+    report = api.audit_verify(_project(project), checkpoint=checkpoint, public_key=public_key)
+    if format is Format.json:
+        _json(report)
+    elif report["ok"]:
+        log_id = f", log id {_short(report['log_id'], 16)}" if report["log_id"] else ""
+        console.print(f"[green]✓[/] the audit log verifies: {report['entries']} entries{log_id}")
+        held = report["checkpoint"]
+        if held:
+            _say_wrapped(
+                f"and matches the checkpoint {held['file']} ({held['size']} entries, signed "
+                f"{held['at']} with key {held['key_id']})",
+                indent=2,
+            )
+        elif report["newest_checkpoint"]:
+            _say_wrapped(
+                "the chain alone cannot show a removed tail: check against a checkpoint, "
+                f"e.g. --checkpoint {report['newest_checkpoint']}",
+                indent=2,
+            )
+    else:
+        console.print("[red]✗[/] the audit log does not verify")
+        _say_wrapped(str(report["problem"]), indent=2)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(project: Path | None = ProjectOption, format: Format = FormatOption) -> None:
+    """Sign a checkpoint of the audit log now (each deploy's end writes one too)."""
+    written = api.audit_checkpoint(_project(project))
+    if format is Format.json:
+        _json(written)
+    elif written is None:
+        console.print("the audit log is empty: nothing to sign yet")
+    else:
+        console.print(f"[green]✓[/] signed a checkpoint of {written['size']} entries")
+        _say_wrapped(f"{written['file']} (key {written['key_id']})", indent=2)
+
+
+@audit_app.command("key")
+def audit_key(project: Path | None = ProjectOption, format: Format = FormatOption) -> None:
+    """Show the audit signing key's path and public key (created on first use)."""
+    data = api.audit_key(_project(project))
+    if format is Format.json:
+        _json(data)
+        return
+    made = " (created now)" if data["created"] else ""
+    _say_wrapped(f"signing key: {data['path']}{made}", indent=0)
+    console.print(f"public key:  {data['public_key']}", soft_wrap=True)
+    console.print(f"key id:      {data['key_id']}")
+
+
+@audit_app.command("proof")
+def audit_proof(
+    seq: int = typer.Argument(..., help="The entry's number."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the proof here."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """An RFC 6962 inclusion proof of entry N against the newest checkpoint, checkable with
+    the proof file and the public key alone (`airlock audit verify-proof`)."""
+    proof = api.audit_proof(_project(project), seq)
+    if output is not None:
+        output.write_text(json.dumps(proof, indent=2) + "\n", encoding="utf-8")
+    if format is Format.json:
+        if output is None:
+            _json(proof)
+        return
+    checkpoint = proof["checkpoint"]
+    console.print(
+        f"[green]✓[/] entry {seq} ({escape(proof['entry']['kind'])}) is in the signed log of "
+        f"{proof['tree_size']} entries"
+    )
+    _say_wrapped(
+        f"checkpoint signed {checkpoint['at']} with key {checkpoint['key_id']}; audit path: "
+        f"{len(proof['path'])} hash(es)",
+        indent=2,
+    )
+    if output is not None:
+        _say_wrapped(
+            f"written to {output}; check it with `airlock audit verify-proof {output} "
+            f"--public-key {checkpoint['public_key']}`",
+            indent=2,
+        )
+    else:
+        _say_wrapped("save it with --output FILE (or --format json)", indent=2)
+
+
+@audit_app.command("verify-proof")
+def audit_verify_proof(
+    proof: Path = typer.Argument(..., help="A proof file from `airlock audit proof`."),
+    public_key: str | None = PublicKeyOption,
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Check an inclusion proof with the proof file and the public key alone; exits 1 when it
+    does not hold."""
+    result = api.audit_verify_proof(proof, public_key=public_key, project=_project(project))
+    if format is Format.json:
+        _json(result)
+    elif result["ok"]:
+        console.print(
+            f"[green]✓[/] entry {result['seq']} ({escape(result['kind'])}) is in the audit log "
+            f"of {result['tree_size']} entries"
+        )
+        _say_wrapped(
+            f"signed with key {result['key_id']}, log id {result['log_id'][:16]}", indent=2
+        )
+    else:
+        console.print("[red]✗[/] the proof does not hold")
+        for problem in result["problems"]:
+            _say_wrapped(problem, indent=2)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def preflight(
+    env: str = typer.Argument(..., help="Environment to check."),
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    project: Path | None = ProjectOption,
+    format: Format = FormatOption,
+) -> None:
+    """Check an environment against what a release needs, from its own hosts: free ports,
+    paths to dependencies, outbound destinations, names, settings, files, Python, disk, clock.
+    Exits 1 when a check fails."""
+    outcome = api.preflight(_project(project), env, release)
+    if format is Format.json:
+        _gate_result(outcome, format)
+        return
+    _render_outcome(outcome)
+    checks = outcome.evidence.get("checks") or []
+    hosts = sorted({str(c["host"]) for c in checks})
+    console.print(
+        f"    {len(checks)} check(s) on {len(hosts)} host(s): "
+        f"{sum(1 for c in checks if c['ok'])} passed; "
+        f"release {outcome.evidence.get('release')}, runtime {outcome.evidence.get('runtime')}"
+    )
+    if not outcome.passed:
+        raise typer.Exit(1)
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+
+
+@app.command()
+def dashboard(
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; off loopback it needs the token."
+    ),
+    port: int = typer.Option(8321, "--port", min=0, max=65535, help="Port (0: any free one)."),
+    token_env: str = typer.Option(
+        "AIRLOCK_DASHBOARD_TOKEN",
+        "--token-env",
+        help="Environment variable holding the token that writes (approve, roll back) need.",
+    ),
+    project: Path | None = ProjectOption,
+) -> None:
+    """Serve the web dashboard: environments, the release timeline, each release's evidence,
+    delivery metrics and the audit log, updated live; approve and roll back with the token."""
+    from airlock.web.serve import serve  # FastAPI and uvicorn load only for this command
+
+    def ready(url: str, writable: bool) -> None:
+        console.print(f"dashboard of {_project(project)} at {url} (Ctrl-C stops it)")
+        if not writable:
+            _say_wrapped(
+                f"read-only: set ${token_env} to a secret token to approve and roll back",
+                indent=2,
+            )
+        sys.stdout.flush()
+
+    serve(_project(project), host=host, port=port, token_env=token_env, on_ready=ready)
+
+
+# -- discover ----------------------------------------------------------------------------------
+
+
+class DiscoverFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def discover(
+    service: str | None = typer.Argument(None, help="The service to observe."),
+    every: bool = typer.Option(False, "--all", help="Every service of the release."),
+    env: str | None = typer.Option(
+        None,
+        "--env",
+        "-e",
+        help="Environment whose config it runs with (default: the first that is not production).",
+    ),
+    seconds: float = typer.Option(10.0, "--seconds", "-s", help="How long it is observed."),
+    release: str | None = typer.Option(None, "--release", "-r", help="Default: the newest."),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="A database for it (default: a closed placeholder port)."
+    ),
+    project: Path | None = ProjectOption,
+    format: DiscoverFormat = typer.Option(
+        DiscoverFormat.text, "--format", "-f", help="Output format."
+    ),
+) -> None:
+    """Run a sealed service in a sandbox under strace and record what it needs: the ports it
+    listens on, the hosts and ports it connects to, the names it resolves, the settings and
+    files it reads; write the requirements documents into the release's reports. Exits 1 when
+    a service crashed or never became ready (what was seen is still written)."""
+    found, written = api.discover(
+        _project(project),
+        service,
+        env=env,
+        seconds=seconds,
+        release_ref=release,
+        every=every,
+        database_url=database_url,
+        progress=_say(format is not DiscoverFormat.text),
+    )
+    if format is DiscoverFormat.json:
+        _json(found[0].to_dict() if not every else [d.to_dict() for d in found])
+    elif format is DiscoverFormat.markdown:
+        release_doc = [p for p in written if p.name == "release.md"]
+        if release_doc:
+            sys.stdout.write(release_doc[0].read_text(encoding="utf-8"))
+        else:
+            sys.stdout.write(next(p for p in written if p.suffix == ".md").read_text("utf-8"))
+    else:
+        for item in found:
+            mark = "[green]✓[/]" if item.complete else "[red]✗[/]"
+            console.print(f"{mark} [bold]{escape(item.service)}[/] in {escape(item.env)}")
+            for entry in item.listen:
+                console.print(f"  listens  {entry['protocol']} {entry['address']}:{entry['port']}")
+            for entry in item.connect:
+                where = entry["address"] + (
+                    f":{entry['port']}" if entry["port"] is not None else ""
+                )
+                name = f"{entry['host']} " if entry.get("host") else ""
+                failed = (
+                    f" ({entry['failed']}/{entry['seen']} failed: {', '.join(entry['errors'])})"
+                    if entry["failed"]
+                    else f" ({entry['seen']})"
+                )
+                console.print(
+                    f"  connects {entry['protocol']} {escape(name)}{escape(where)}{failed}"
+                )
+            for name in item.names:
+                console.print(f"  resolves {escape(name)}")
+            for var in item.variables:
+                given = f", from {var['provided']}" if var.get("provided") else ""
+                console.print(f"  reads    ${escape(var['name'])} ({var['how']}{given})")
+            for entry in item.files:
+                console.print(f"  opens    {escape(entry['path'])} ({entry['mode']})")
+            if item.note:
+                _say_wrapped(
+                    ("incomplete: " if not item.complete else "note: ") + item.note, indent=2
+                )
+        folder = written[0].parent if written else None
+        if folder is not None:
+            console.print(f"  reports: {folder}")
+    if not all(item.complete for item in found):
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

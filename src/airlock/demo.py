@@ -97,6 +97,9 @@ class DemoSummary:
     left_running: list[int] = field(default_factory=list)
     load: dict[str, Any] = field(default_factory=dict)
     gonogo: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # production's, from its own records
+    audit: dict[str, Any] = field(default_factory=dict)  # `airlock audit verify` of the workspace
+    kept: bool = False
 
     @property
     def targets(self) -> dict[str, dict[str, Any]]:
@@ -129,6 +132,11 @@ class DemoSummary:
                 "target": "GO",
                 "met": self.gonogo.get("verdict") == "GO",
             },
+            "audit_verify": {
+                "value": "OK" if self.audit.get("ok") else self.audit.get("problem", "not run"),
+                "target": "OK",
+                "met": bool(self.audit.get("ok")),
+            },
         }
 
     @property
@@ -143,6 +151,8 @@ class DemoSummary:
             "targets": self.targets,
             "load": self.load,
             "gonogo": self.gonogo,
+            "metrics": self.metrics,
+            "audit": self.audit,
             "workspace": self.workspace,
         }
 
@@ -200,7 +210,7 @@ def run_demo(
         Step("upgrade production to v2", "production", "v2"),
         Step("deploy leaking v3 to production", "production", "v3", expected="rolled_back"),
     ]
-    summary = DemoSummary(steps=steps, workspace=str(root))
+    summary = DemoSummary(steps=steps, workspace=str(root), kept=keep)
     traffic = TrafficGenerator()
     live: set[str] = set()
     say(f"[bold]Airlock demo[/]: the Phoenix example in {project}")
@@ -225,6 +235,7 @@ def run_demo(
                     break
         time.sleep(0.5)
         steps[-1].served, steps[-1].failed = window.served, window.failed
+        _records(project, summary)
     finally:
         traffic.stop()
         for env in ("production", "staging"):
@@ -241,6 +252,17 @@ def run_demo(
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return summary
+
+
+def _records(project: Path, summary: DemoSummary) -> None:
+    """What Airlock's own records say of the demo: production's delivery metrics, and whether
+    the audit log verifies."""
+    (production,) = api.metrics(project, "production")
+    summary.metrics = production.to_dict()
+    verified = api.audit_verify(project)
+    summary.audit = {"ok": bool(verified.get("ok")), "entries": verified.get("entries")}
+    if not verified.get("ok"):
+        summary.audit["problem"] = str(verified.get("problem") or verified)
 
 
 def _gates(project: Path, release: str, summary: DemoSummary, say: Any) -> None:
@@ -334,8 +356,50 @@ def render_summary(summary: DemoSummary, console: Console) -> None:
     for step in summary.steps:
         for sample in step.failure_samples:
             console.print(f"  [red]failed request during {step.name}:[/] {sample}")
+    if summary.metrics:
+        render_metrics(summary.metrics, console)
     word = "[green]passed[/]" if summary.passed else "[red]missed a target[/]"
     console.print(f"demo {word}; everything it started has been stopped")
+    project = Path(summary.workspace) / "phoenix"
+    if summary.kept:
+        console.print(f"  its records, in a browser: airlock dashboard -p {project}")
+    else:
+        console.print(
+            "  `airlock demo --keep` keeps the workspace, to open with `airlock dashboard`"
+        )
+
+
+def render_metrics(figures: dict[str, Any], console: Console) -> None:
+    """Production's delivery figures in short lines (80 columns)."""
+
+    def rate(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    def hours(value: Any) -> str:
+        return "n/a (no git history)" if value is None else f"{value:.1f} h"
+
+    def span(minutes: Any) -> str:
+        if minutes is None:
+            return "n/a"
+        return f"{minutes * 60:.1f} s" if minutes < 1 else f"{minutes:.1f} min"
+
+    def per_week(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.0f}/week"
+
+    lead = figures.get("lead_time_hours") or {}
+    recovery = figures.get("recovery_minutes") or {}
+    detect = (figures.get("detect_seconds") or {}).get("median")
+    console.print(f"  delivery metrics of production ({figures.get('deployments', 0)} deploys):")
+    console.print(
+        f"      deploys {per_week(figures.get('deployment_frequency_per_week'))}, "
+        f"change failures {rate(figures.get('change_failure_rate'))}, "
+        f"rollbacks {rate(figures.get('rollback_rate'))}"
+    )
+    console.print(f"      lead time (median) {hours(lead.get('median'))}")
+    console.print(
+        f"      recovery (median) {span(recovery.get('median'))}, time to detect (median) "
+        + ("n/a" if detect is None else f"{detect:.1f} s")
+    )
 
 
 # -- the demo on a fleet of hosts ---------------------------------------------------------------

@@ -37,6 +37,7 @@ information instead of refusing the release.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -846,6 +847,10 @@ def load_document(path: Path, root: Path | None = None) -> Document:
     ``$ref`` links may point into the document or into files inside ``root`` (default: the
     document's folder); nothing is fetched from the network. Raises :class:`InvalidDocument`.
     """
+    # The pure-Python backend: its errors keep their sub-errors (``oneOf`` branches), which
+    # the message needs to name the exact field; the jsonschema-rs one (picked when installed,
+    # as schemathesis does) only says "not valid under any of the given schemas".
+    os.environ.setdefault("OPENAPI_SPEC_VALIDATOR_SCHEMA_VALIDATOR_BACKEND", "jsonschema")
     import openapi_spec_validator
     from jsonschema_path import SchemaPath
     from referencing.exceptions import Unresolvable, Unretrievable
