@@ -368,3 +368,30 @@ def test_bad_input_is_a_clear_error(
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_nothing_it_did_not_do_is_reported(payment: Any, short: Listener) -> None:
+    """Precision, not only recall: one listener, three destinations, two files, and exactly the
+    variables its own code reads (library reads carry no `where`)."""
+    discovery, _written, _project, outside = payment
+    assert [(x["protocol"], x["role"]) for x in discovery.listen] == [("tcp", "service")]
+    destinations = {(c["service"], c["failed"] == c["seen"]) for c in discovery.connect}
+    assert len(discovery.connect) == 3
+    assert destinations == {("account", False), (None, False), (None, True)}
+    assert {f["path"] for f in discovery.files} == {
+        str(outside / "input.txt"),
+        str(outside / "output.txt"),
+    }
+    own = {v["name"] for v in discovery.variables if str(v.get("where", "")).startswith("app/")}
+    assert own == {
+        "GREETING",
+        "OPTIONAL_SETTING",
+        "READ_FILE",
+        "WRITE_FILE",
+        "DEPENDENCY_URL",
+        "SHORT_PORT",
+        "CLOSED_PORT",
+        "MODE",
+        "PORT",
+    }
+    assert discovery.names == ["localhost"]

@@ -89,7 +89,11 @@ def test_what_discovery_recorded_is_checked_by_name_and_never_by_value(
                 },
             ],
             "files": [{"path": "/nonexistent/airlock-preflight/payment.ini", "mode": "r"}],
-            "env": [{"name": "LEDGER_TOKEN", "how": "audit"}, {"name": "VERSION", "how": "audit"}],
+            "env": [
+                {"name": "LEDGER_TOKEN", "how": "runtime", "where": "app/webapp.py:3"},
+                {"name": "VERSION", "how": "runtime", "where": "app/webapp.py:4"},
+                {"name": "PGHOSTADDR", "how": "runtime"},
+            ],
             "complete": True,
         },
     )
@@ -102,6 +106,7 @@ def test_what_discovery_recorded_is_checked_by_name_and_never_by_value(
     missing = codes["preflight.env-missing"]
     assert "LEDGER_TOKEN" in missing.message and missing.severity.value == "warning"
     assert not any("VERSION" in f.message for f in outcome.findings)  # set by its config
+    assert not any("PGHOSTADDR" in f.message for f in outcome.findings)  # a library probe
     assert "preflight.no-discovery" not in codes
 
 

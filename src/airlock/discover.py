@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,10 @@ _SYSTEM_FILES = frozenset(
         "/etc/gai.conf",
         "/etc/ld.so.cache",
         "/etc/ld.so.preload",
+        "/etc/passwd",  # the user's own entry (home folder, name), looked up by libraries
+        "/etc/group",
+        "/etc/ssl/openssl.cnf",  # OpenSSL reads its configuration when `ssl` is imported
+        "/usr/lib/ssl/openssl.cnf",
     }
 )
 
@@ -1296,29 +1300,34 @@ def _wrapper(
                 p for p in (str(hook_dir), env.get("PYTHONPATH", "")) if p
             )
             env[LOG_VARIABLE] = str(hook_file)
-        command = (
-            strace,
-            "-f",
-            "--seccomp-bpf",
-            "-qq",
-            "-tt",
-            "-yy",
-            "-x",
-            "-s",
-            str(STRING_LIMIT),
-            "-A",
-            "-o",
-            str(trace_file),
-            "-e",
-            TRACED,
-            "-e",
-            "signal=none",
-            "--",
-            *argv,
-        )
-        return replace(spec, argv=command, env=env)
+        return replace(spec, argv=observed_command(strace, trace_file, argv), env=env)
 
     return prepare
+
+
+def observed_command(strace: str, trace_file: Path, argv: Sequence[str]) -> tuple[str, ...]:
+    """``argv`` under strace as discovery runs it: every child followed, the network and file
+    calls only (a seccomp filter lets every other call through untouched), into ``trace_file``."""
+    return (
+        strace,
+        "-f",
+        "--seccomp-bpf",
+        "-qq",
+        "-tt",
+        "-yy",
+        "-x",
+        "-s",
+        str(STRING_LIMIT),
+        "-A",
+        "-o",
+        str(trace_file),
+        "-e",
+        TRACED,
+        "-e",
+        "signal=none",
+        "--",
+        *argv,
+    )
 
 
 async def _exercise(box: Sandbox, service: str, outcome: Outcome, seconds: float) -> None:
@@ -1419,12 +1428,42 @@ def release_markdown(discoveries: Sequence[Discovery], bundle: Bundle) -> str:
         "Environment variables read but not set by airlock.yaml:",
         "",
     ]
-    wanted = [(v, d.service) for d in discoveries for v in d.variables if not v.get("provided")]
-    lines += [f"- `{v['name']}` (`{s}`, {v['how']})" for v, s in wanted] or ["- none"]
+    unset = [(v, d.service) for d in discoveries for v in d.variables if not v.get("provided")]
+    own: dict[
+        str, list[str]
+    ] = {}  # read by the service's own code (or found in its sources): name → services
+    libraries: set[str] = set()  # looked up by a library it uses: usually optional
+    for variable, service in unset:
+        if own_code(variable):
+            where = f"`{service}`, {variable['where']}" if variable.get("where") else f"`{service}`"
+            own.setdefault(variable["name"], []).append(where)
+        else:
+            libraries.add(variable["name"])
+    lines += [f"- `{name}` ({'; '.join(where)})" for name, where in sorted(own.items())] or [
+        "- none"
+    ]
+    if libraries:
+        lines += [
+            "",
+            "Also looked up by the libraries the services use (usually optional): "
+            + ", ".join(f"`{name}`" for name in sorted(libraries - set(own))),
+        ]
     lines += ["", "## Files outside the release", ""]
-    files = [(f, d.service) for d in discoveries for f in d.files]
-    lines += [f"- `{f['path']}` ({f['mode']}, `{s}`)" for f, s in files] or ["- none"]
+    files: dict[tuple[str, str], list[str]] = {}
+    for d in discoveries:
+        for f in d.files:
+            files.setdefault((f["path"], f["mode"]), []).append(d.service)
+    lines += [
+        f"- `{path}` ({mode}: {', '.join(f'`{s}`' for s in services)})"
+        for (path, mode), services in files.items()
+    ] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def own_code(variable: Mapping[str, Any]) -> bool:
+    """Whether a variable was read by the service's own code (its sources name it), not only
+    looked up by a library it uses."""
+    return variable.get("how") == "static" or bool(variable.get("where"))
 
 
 def reports_folder(bundle: Bundle) -> Path:

@@ -247,6 +247,7 @@ def _plan_needs(
             or variable in PROVIDED
             or variable.startswith(PROVIDED_PREFIXES)
             or entry.get("provided") in {"airlock", "runtime"}  # set wherever it runs
+            or not (entry.get("how") == "static" or entry.get("where"))  # a library's lookup
         ):
             continue
         how = str(entry.get("how") or "observed")
