@@ -669,3 +669,40 @@ def test_a_deploy_whose_checkpoint_cannot_be_signed_says_so_and_is_recorded(
         api.audit_checkpoint(project)
     monkeypatch.delenv("AIRLOCK_AUDIT_KEY")
     assert api.audit_verify(project)["ok"]
+
+
+def test_database_changes_made_with_airlock_db_are_in_the_audit_log(
+    make_project: ProjectFactory, pg_url: str, tmp_path: Path
+) -> None:
+    """`airlock db migrate` and `undo` on an environment append an entry each, naming the
+    scripts and the database by its masked URL; a dry run and a no-op append nothing."""
+    project = make_project(
+        {"api": {"config": {"VERSION": "a-1"}}},
+        environments={"staging": {"database": {"url": pg_url}}},
+    )
+    document = ProjectFactory.read(project)
+    document["database"] = {"migrations": "migrations"}
+    ProjectFactory.write(project, document)
+    (project / "migrations").mkdir()
+    (project / "migrations" / "V1__users.sql").write_text(
+        "CREATE TABLE users (id bigint PRIMARY KEY);\n"
+    )
+    (project / "migrations" / "U1__users.sql").write_text("DROP TABLE users;\n")
+    assert airlock("db", "migrate", "staging", "--dry-run", cwd=project).returncode == 0
+    assert airlock("db", "migrate", "staging", "--no-snapshot", cwd=project).returncode == 0
+    assert airlock("db", "migrate", "staging", "--no-snapshot", cwd=project).returncode == 0
+    assert airlock("db", "undo", "staging", cwd=project).returncode == 0
+    shown = airlock("audit", "show", "--format", "json", cwd=project)
+    entries = json.loads(shown.stdout)
+    entries = entries["entries"] if isinstance(entries, dict) else entries
+    database = [e for e in entries if e["kind"] in {"migration.applied", "migration.undone"}]
+    assert [(e["kind"], e["env"]) for e in sorted(database, key=lambda e: e["seq"])] == [
+        ("migration.applied", "staging"),
+        ("migration.undone", "staging"),
+    ]
+    applied = min(database, key=lambda e: e["seq"])["payload"]
+    assert applied["steps"] == [{"script": "V1__users.sql", "outcome": "applied"}]
+    password = psycopg.conninfo.conninfo_to_dict(pg_url).get("password")
+    if password:
+        assert str(password) not in shown.stdout
+    assert airlock("audit", "verify", cwd=project).returncode == 0

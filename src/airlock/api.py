@@ -902,3 +902,14 @@ def discover(
         found = list(pool.map(one, names))
     written = observe.write_reports(bundle, found, release_documents=every)
     return found, written
+
+
+def record_database_change(
+    project: PathLike, env: str | None, kind: str, payload: dict[str, Any]
+) -> None:
+    """Append to the audit log a change ``airlock db`` made to an environment's database
+    (``migration.applied``, ``migration.undone``, ``migration.baselined``,
+    ``database.restored``); the database is named by its masked URL, never its password."""
+    root = project_at(project).root
+    with open_state(root) as store:
+        store.record_database(kind, env, payload)

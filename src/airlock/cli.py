@@ -648,6 +648,28 @@ def _target(
     )
 
 
+def _record_database(
+    project: Path | None, env: str | None, kind: str, data: dict[str, Any], *, dry_run: bool = False
+) -> None:
+    """The audit log's entry for a change to an environment's database (a standalone
+    ``--database-url`` belongs to no project's log). Only what changed is kept: the database's
+    masked name, the scripts and their outcomes, a baseline's versions, a restore's file."""
+    if env is None or dry_run:
+        return
+    steps = [
+        {"script": s.get("script"), "outcome": s.get("outcome")} for s in data.get("steps") or []
+    ]
+    if kind in {"migration.applied", "migration.undone"} and not steps:
+        return  # nothing ran
+    payload: dict[str, Any] = {"database": data.get("database"), "steps": steps}
+    if kind == "migration.baselined":
+        payload["recorded"] = [r.get("script") for r in data.get("recorded") or []]
+        payload["baseline_version"] = data.get("baseline_version")
+    if kind == "database.restored":
+        payload["backup"] = data.get("backup")
+    api.record_database_change(_project(project), env, kind, payload)
+
+
 def _steps_table(report: dict[str, Any]) -> None:
     if not report["steps"]:
         console.print("  nothing to do: the database is up to date")
@@ -767,6 +789,7 @@ def db_migrate(
         progress=None if quiet else lambda t: errors.print(f"  {t}"),
     )
     data = outcome.to_dict()
+    _record_database(project, env, "migration.applied", data, dry_run=dry_run)
     if quiet:
         _json(data)
         return
@@ -888,6 +911,7 @@ def db_undo(
     from airlock.db import api as db
 
     report = db.undo(_target(env, database_url, migrations, project), steps=steps, to=to)
+    _record_database(project, env, "migration.undone", report.to_dict())
     if format is Format.json:
         _json(report.to_dict())
     else:
@@ -921,6 +945,7 @@ def db_baseline(
         flyway_table=flyway_table,
     )
     data = report.to_dict()
+    _record_database(project, env, "migration.baselined", data)
     if format is Format.json:
         _json(data)
         return
@@ -975,6 +1000,7 @@ def db_restore(
     data = db.restore(
         _target(env, database_url, None, project), backup, key_env=key_env, force=force
     )
+    _record_database(project, env, "database.restored", {**data, "backup": str(backup)})
     if format is Format.json:
         _json(data)
     else:

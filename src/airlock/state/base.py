@@ -1135,6 +1135,11 @@ class StateStore(ABC):
         }
         self._write(lambda: self._audit("release.sealed", None, payload))
 
+    def record_database(self, kind: str, env: str | None, payload: Mapping[str, Any]) -> None:
+        """Record in the audit log a change made to a database outside a deploy (``airlock
+        db migrate``, ``undo``, ``baseline``, ``restore``); ``payload`` holds no secret."""
+        self._write(lambda: self._audit(kind, env, payload))
+
     def audit_rows(self, env: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """The audit log's entries as stored, oldest first (with ``limit``: the newest ones);
         nothing in them is checked here (see :func:`airlock.state.audit.verify_rows`)."""
