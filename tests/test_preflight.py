@@ -138,3 +138,18 @@ def test_discovery_then_preflight_on_the_machine_it_ran_on_passes(
     assert not [f for f in outcome.findings if f.code == "preflight.no-discovery"]
     connects = [c for c in outcome.evidence["checks"] if c["check"] == "connect"]
     assert [c["target"] for c in connects] == [f"127.0.0.1:{port}"]
+
+
+def test_a_secret_missing_from_the_provider_is_named_not_shown(
+    make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project({"api": {"config": {"VERSION": "a1", "TOKEN": "${secret:API_TOKEN}"}}})
+    api.build(project, "v1")
+    monkeypatch.delenv("STAGING_API_TOKEN", raising=False)
+    missing = api.preflight(project, "staging")
+    (finding,) = [f for f in missing.findings if f.code == "preflight.secret-missing"]
+    assert "API_TOKEN" in finding.message and "api.TOKEN" in finding.message
+    monkeypatch.setenv("STAGING_API_TOKEN", "s3cr3t-value-never-shown")
+    present = api.preflight(project, "staging")
+    assert not [f for f in present.findings if f.code == "preflight.secret-missing"]
+    assert "s3cr3t-value-never-shown" not in json.dumps(present.to_dict())

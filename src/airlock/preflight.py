@@ -55,6 +55,8 @@ CODES = {
     "preflight.port-unknown": "A service's port is chosen at deploy (`port: auto`, never bound "
     "here), so the path to it cannot be checked before.",
     "preflight.no-discovery": "Discovery recorded nothing for a service of the release.",
+    "preflight.secret-missing": "A secret the environment's config references is not in its "
+    "secret provider.",
 }
 
 MIN_PYTHON = (3, 11)
@@ -381,6 +383,28 @@ async def _run(
     return findings, rows
 
 
+def _secrets(bundle: Bundle, env: str, project_root: Path) -> list[Finding]:
+    """Every secret the release's config for ``env`` references is in the environment's
+    provider (looked up by name; no value is read into a message)."""
+    from airlock.secrets import referenced, resolver
+
+    provider = resolver(bundle.project, env, root=project_root)
+    findings = []
+    for name, users in sorted(referenced(bundle.config(env)).items()):
+        if provider.lookup(name):
+            continue
+        findings.append(
+            Finding(
+                "preflight.secret-missing",
+                Severity.ERROR,
+                f"secret {name} (used by {', '.join(users)}) is not in {provider.where}",
+                hint="add it there before the release (its value is never printed)",
+                evidence={"secret": name, "provider": provider.where},
+            )
+        )
+    return findings
+
+
 def _tls(project: Project, env: str) -> list[Finding]:
     posture = project.environments[env].posture
     if posture is None:
@@ -411,6 +435,7 @@ def preflight(
                 await close()
 
     findings, rows = asyncio.run(go())
+    findings += _secrets(bundle, env, project_root)
     if tls:
         findings += _tls(project, env)
     hosts = sorted({row["host"] for row in rows})
