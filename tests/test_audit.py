@@ -480,10 +480,22 @@ def test_a_deleted_entry_and_two_swapped_entries_are_named(real_log: Path, tmp_p
     assert audit.verify_rows(read(path)).ok
 
 
+def unchecked(project: Path, tmp_path: Path, env: dict[str, str]) -> Any:
+    """`airlock audit verify` with the project's local checkpoints out of the way."""
+    local = audit.checkpoint_dir(project)
+    aside = tmp_path / "checkpoints-aside"
+    shutil.move(local, aside)
+    try:
+        return airlock("audit", "verify", cwd=project, env=env)
+    finally:
+        shutil.move(aside, local)
+
+
 def test_only_a_checkpoint_catches_a_cut_tail_or_a_rewritten_last_entry(
     real_log: Path, tmp_path: Path
 ) -> None:
-    """Without the checkpoint both logs verify; held to it, both fail (exit 1)."""
+    """With no checkpoint at all both logs verify; held to one — the newest local one,
+    checked unasked, or one kept elsewhere — both fail (exit 1)."""
     checkpoint = audit.checkpoint_dir(real_log) / "19.json"
     kept = tmp_path / "kept-elsewhere.json"
     shutil.copyfile(checkpoint, kept)
@@ -496,7 +508,8 @@ def test_only_a_checkpoint_catches_a_cut_tail_or_a_rewritten_last_entry(
     with sqlite3.connect(cut) as db:
         db.execute("DELETE FROM audit WHERE seq > 17")
     env = {"AIRLOCK_STATE_URL": f"sqlite:{cut}"}
-    assert airlock("audit", "verify", cwd=real_log, env=env).returncode == 0
+    assert unchecked(real_log, tmp_path, env).returncode == 0
+    assert airlock("audit", "verify", cwd=real_log, env=env).returncode == 1  # the local one
     held = airlock("audit", "verify", "--checkpoint", str(kept), cwd=real_log, env=env)
     assert held.returncode == 1, held.stderr
     assert "entries 18 to 19 were removed" in " ".join(held.stdout.split())
@@ -515,7 +528,8 @@ def test_only_a_checkpoint_catches_a_cut_tail_or_a_rewritten_last_entry(
             (audit.canonical(payload).decode(), audit.entry_hash(encoding), last["seq"]),
         )
     env = {"AIRLOCK_STATE_URL": f"sqlite:{rewritten}"}
-    assert airlock("audit", "verify", cwd=real_log, env=env).returncode == 0
+    assert unchecked(real_log, tmp_path, env).returncode == 0
+    assert airlock("audit", "verify", cwd=real_log, env=env).returncode == 1
     held = airlock(
         "audit", "verify", "--checkpoint", str(kept), "-f", "json", cwd=real_log, env=env
     )

@@ -307,6 +307,8 @@ def test_since_takes_dates_and_durations(text: str, expected: datetime) -> None:
         ("30 days", "is neither a date nor a duration"),
         ("2024-13-01", "is neither a date nor a duration"),
         ("2030-01-01", "is in the future"),
+        ("1000000d", "reaches before any date"),
+        ("99999999999w", "reaches before any date"),
     ],
 )
 def test_a_bad_since_is_a_clear_error(text: str, message: str) -> None:

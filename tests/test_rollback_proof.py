@@ -6,7 +6,9 @@ A real PostgreSQL, real service processes that query it, a real git repository.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
+import pytest
 import yaml
 
 from airlock import api
-from airlock.rollback_proof import CODE, likely_migration
+from airlock.bundle import find_release
+from airlock.rollback_proof import CODE, UNPROVEN, likely_migration
 
 ENV = "staging"
 
@@ -63,6 +67,12 @@ SERVICE = textwrap.dedent(
 
 def git(root: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def _password_in_this_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """with_secret() puts the database's password in the environment: for one test only."""
+    monkeypatch.delenv("PROOF_DB_PASSWORD", raising=False)
 
 
 def with_secret(url: str) -> str:
@@ -184,6 +194,31 @@ def test_an_additive_migration_is_proven_safe(tmp_path: Path, pg_url: str) -> No
         proof = gate["evidence"]["rollback_proof"]
         requests = {e["request"]: e["status"] for e in proof["exchanges"]}
         assert requests == {"GET /readyz": 200, "GET /users": 200}
+        # what answered is data (a copy of the environment's): it is never kept
+        assert "a@example.org" not in json.dumps(gate)
+    finally:
+        api.stop_env(root, ENV)
+
+
+def test_a_running_release_whose_bundle_is_gone_is_said_unproven_not_skipped(
+    tmp_path: Path, pg_url: str
+) -> None:
+    root = project_on_v1(tmp_path, pg_url)
+    try:
+        seal_v2(
+            root,
+            pg_url,
+            "V2__add_name.sql",
+            "ALTER TABLE users ADD COLUMN name text;\n",
+            "name",
+        )
+        v1 = find_release(root, "v1").path
+        shutil.move(v1, tmp_path / "v1-elsewhere")
+        gate = migrations_gate(root)
+        (finding,) = [f for f in gate["findings"] if f["code"] == UNPROVEN]
+        assert finding["severity"] == "warning"
+        assert "not in this working copy" in finding["message"]
+        shutil.move(tmp_path / "v1-elsewhere", v1)
     finally:
         api.stop_env(root, ENV)
 

@@ -416,11 +416,13 @@ def codes() -> dict[str, str]:
     from airlock.db.lint import RULES
     from airlock.preflight import CODES as PREFLIGHT_CODES
     from airlock.rollback_proof import CODE as ROLLBACK_CODE
+    from airlock.rollback_proof import UNPROVEN
 
     return {
         **ALL_CODES,
         **PREFLIGHT_CODES,
         ROLLBACK_CODE: "The release running now fails on the migrated schema of a rehearsal.",
+        UNPROVEN: "A rollback to the release running now could not be proven safe.",
         **{code: rule.summary for code, rule in RULES.items()},
     }
 
@@ -652,11 +654,23 @@ def audit_verify(
         verified = audit.verify_rows(store.audit_rows())
     report = verified.to_dict()
     report["checkpoint"] = None
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        document = audit.read_checkpoint(path)
+    newest = audit.newest_checkpoint(root)
+    chosen = Path(checkpoint) if checkpoint is not None else newest
+    if chosen is not None:
+        path = chosen
         trusted = audit.trusted_key(public_key, name)
-        problem = audit.check_checkpoint(document, verified, trusted, str(path))
+        if checkpoint is None:
+            # the newest local checkpoint, unasked: a mismatch of any kind is the log's
+            # problem (entries cut or rewritten since it was signed), not bad input
+            try:
+                document = audit.read_checkpoint(path)
+                problem = audit.check_checkpoint(document, verified, trusted, str(path))
+            except UsageError as exc:
+                document = {"size": None, "at": None, "key_id": None}
+                problem = exc.message
+        else:
+            document = audit.read_checkpoint(path)
+            problem = audit.check_checkpoint(document, verified, trusted, str(path))
         report["checkpoint"] = {
             "file": str(path),
             "size": document["size"],
@@ -667,7 +681,6 @@ def audit_verify(
         }
         if problem is not None and report["ok"]:
             report.update(ok=False, problem=problem, head=None)
-    newest = audit.newest_checkpoint(root)
     report["newest_checkpoint"] = str(newest) if newest else None
     return report
 

@@ -286,16 +286,17 @@ def _preflight(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
     return preflight(project_root, env, bundle.id, tls=False)
 
 
-def _running_release(project_root: Path, env: str) -> Bundle | None:
-    """The sealed release that serves ``env`` now, if its bundle is in this working copy."""
+def _running_release(project_root: Path, env: str) -> tuple[Bundle | None, str | None]:
+    """The sealed release that serves ``env`` now (None when its bundle is not in this working
+    copy), and its id (None when nothing was deployed)."""
     with open_state(project_root, readonly=True) as store:
         current = store.current_release(env)
     if current is None:
-        return None
+        return None, None
     try:
-        return load_bundle(project_root, current)
+        return load_bundle(project_root, current), current
     except AirlockError:
-        return None
+        return None, current
 
 
 def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
@@ -318,31 +319,68 @@ def _migrations(bundle: Bundle, project_root: Path, env: str) -> GateOutcome:
         )
     from airlock.db.rehearse import rehearse
 
-    running = _running_release(project_root, env)
+    running, current = _running_release(project_root, env)
+    before: list[Any] = []
     proofs: list[Any] = []
+    refused: list[Finding] = []
+
+    def guarded(step: Callable[[str], None]) -> Callable[[str], None]:
+        def run(clone_url: str) -> None:
+            if refused:
+                return
+            try:
+                step(clone_url)
+            except AirlockError as exc:
+                refused.append(
+                    Finding(
+                        "migration.rollback-unsafe",
+                        Severity.ERROR,
+                        "could not start the release that runs now on the rehearsal's clone: "
+                        + target.masker.mask(exc.message.splitlines()[0]),
+                        hint=exc.hint,
+                    )
+                )
+
+        return run
+
+    def baseline(clone_url: str) -> None:
+        from airlock.rollback_proof import observe
+
+        assert target is not None and running is not None
+        before.append(
+            observe(
+                running, env, project_root=project_root, clone_url=clone_url, masker=target.masker
+            )
+        )
 
     def prove_rollback(clone_url: str) -> None:
-        from airlock.rollback_proof import prove
+        from airlock.rollback_proof import judge, observe
 
         assert target is not None and running is not None
         folder = target.require_migrations()
         sources = [(name, (folder / name).read_text(errors="replace")) for name in pending]
-        proofs.append(
-            prove(
-                running,
-                env,
-                project_root=project_root,
-                clone_url=clone_url,
-                migrations=sources,
-                masker=target.masker,
-            )
+        after = observe(
+            running, env, project_root=project_root, clone_url=clone_url, masker=target.masker
         )
+        proofs.append(judge(running, before[0] if before else None, after, sources))
 
-    rehearsal = rehearse(target, after_migrate=prove_rollback if running is not None else None)
+    rehearsal = rehearse(
+        target,
+        before_migrate=guarded(baseline) if running is not None else None,
+        after_migrate=guarded(prove_rollback) if running is not None else None,
+    )
     evidence["rehearsal"] = rehearsal.to_dict()
-    if proofs:
+    if refused:
+        findings.extend(refused)
+    elif proofs:
         evidence["rollback_proof"] = proofs[0].to_dict()
         findings.extend(proofs[0].findings)
+    elif rehearsal.ok and current is not None and running is None:
+        from airlock.rollback_proof import unproven
+
+        why = f"its sealed bundle ({current[:12]}) is not in this working copy"
+        findings.append(unproven(current[:12], env, why))
+        evidence["rollback_proof"] = {"skipped": why}
     elif rehearsal.ok:
         evidence["rollback_proof"] = {"skipped": f"no release runs in {env}: none to roll back to"}
     if not rehearsal.ok:

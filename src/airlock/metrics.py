@@ -206,7 +206,13 @@ def parse_since(text: str, now: datetime) -> datetime:
     value = text.strip()
     match = _DURATION.match(value)
     if match:
-        moment = now - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        try:
+            moment = now - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        except OverflowError:
+            raise UsageError(
+                f"--since {value!r} reaches before any date",
+                hint="give a date (2024-05-01) or a shorter duration (30d, 12w)",
+            ) from None
     else:
         try:
             parsed = datetime.fromisoformat(value)

@@ -22,6 +22,7 @@ from airlock.masking import Masker
 from airlock.sandbox import Outcome, describe_logs, run_sandbox
 
 CODE = "migration.rollback-unsafe"
+UNPROVEN = "migration.rollback-unproven"
 
 # Names PostgreSQL quotes in the errors a service reports: column "email" does not exist,
 # relation "users" does not exist, null value in column "plan" violates not-null constraint…
@@ -51,28 +52,67 @@ def likely_migration(text: str, migrations: Sequence[tuple[str, str]]) -> str | 
     return None
 
 
-def prove(
-    running: Bundle,
-    env: str,
-    *,
-    project_root: Path,
-    clone_url: str,
-    migrations: Sequence[tuple[str, str]],
-    masker: Masker,
-) -> Proof:
-    """Start ``running`` (the release that serves ``env`` now) against the migrated clone."""
-    outcome = run_sandbox(
-        running, env, project_root=project_root, database_url=clone_url, masker=masker
+def observe(
+    running: Bundle, env: str, *, project_root: Path, clone_url: str, masker: Masker
+) -> Outcome:
+    """Start ``running`` against the clone at ``clone_url`` and send what only reads: its
+    readiness paths and its GET/HEAD ``endpoints`` (a rehearsal must write nowhere real)."""
+    return run_sandbox(
+        running,
+        env,
+        project_root=project_root,
+        database_url=clone_url,
+        masker=masker,
+        reads_only=True,
     )
+
+
+def judge(
+    running: Bundle,
+    before: Outcome | None,
+    after: Outcome,
+    migrations: Sequence[tuple[str, str]],
+) -> Proof:
+    """What the migrations broke: what fails on the migrated clone but worked on the clone
+    before them. What fails both ways proves nothing either way and is said as a warning."""
     findings: list[Finding] = []
-    for service, why in outcome.not_ready.items():
+    failed_before = {(e.service, e.request) for e in before.failures} if before else set()
+    unready_before = set(before.not_ready) if before else set()
+    for service, why in after.not_ready.items():
+        if service in unready_before:
+            continue
         # a service that never got ready says why in its log, not in an answer
-        logs = describe_logs({service: outcome.logs.get(service, [])})
+        logs = describe_logs({service: after.logs.get(service, [])})
         findings.append(_finding(running, service, f"never became ready: {why}", logs, migrations))
-    for exchange in outcome.failures:
+    for exchange in after.failures:
+        if (exchange.service, exchange.request) in failed_before:
+            continue
         what = f"{exchange.request} → {exchange.detail}"
         findings.append(_finding(running, exchange.service, what, "", migrations))
-    return Proof(running.label, outcome, findings)
+    already = sorted(unready_before) + sorted(f"{s} {r}" for s, r in failed_before)
+    if already:
+        findings.append(
+            Finding(
+                UNPROVEN,
+                Severity.WARNING,
+                f"the release that runs now ({running.label}) already fails on the clone before "
+                f"the migrations ({', '.join(already)}): those cannot show what the migrations "
+                "break",
+                hint="its readiness or endpoints may need something only its environment's hosts "
+                "reach; the rest of the proof stands",
+            )
+        )
+    return Proof(running.label, after, findings)
+
+
+def unproven(release: str, env: str, why: str) -> Finding:
+    """The proof could not be made: a warning saying why (the rehearsal itself stands)."""
+    return Finding(
+        UNPROVEN,
+        Severity.WARNING,
+        f"a rollback to {release}, which runs in {env}, is not proven safe: {why}",
+        hint="keep the release's sealed bundle in this working copy (.airlock/releases/)",
+    )
 
 
 def _finding(

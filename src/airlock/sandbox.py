@@ -164,7 +164,9 @@ class Sandbox:
         config = {name: self.bundle.config(self.env)[name] for name in self.services}
         secret_values = resolve_secrets(project, self.env, config, self.project_root)
         self.masker.add(*secret_values.values())
-        for name in self.services:
+        # every service gets an endpoint, started or not: config may name a service that is
+        # not a dependency (it then answers 502, as one that is down would)
+        for name in project.services:
             self.endpoints[name] = await self.runtime.endpoint(name, None)
         for name in self.services:
             model = project.services[name]
@@ -232,8 +234,11 @@ class Sandbox:
         except AirlockError:
             return []
 
-    async def exercise(self, outcome: Outcome, services: Sequence[str] | None = None) -> None:
-        """Send each service's readiness path and declared ``endpoints``."""
+    async def exercise(
+        self, outcome: Outcome, services: Sequence[str] | None = None, *, reads_only: bool = False
+    ) -> None:
+        """Send each service's readiness path and declared ``endpoints`` (with ``reads_only``,
+        only its GET and HEAD ones: nothing that could write somewhere real)."""
         import httpx
 
         project = self.bundle.project
@@ -243,7 +248,12 @@ class Sandbox:
                 if name in outcome.not_ready:
                     continue
                 model = project.services[name]
-                requests = [f"GET {model.ready or model.health}", *model.endpoints]
+                declared = [
+                    e
+                    for e in model.endpoints
+                    if not reads_only or e.split(None, 1)[0].upper() in {"GET", "HEAD"}
+                ]
+                requests = [f"GET {model.ready or model.health}", *declared]
                 for request in dict.fromkeys(requests):
                     method, path = request.split(None, 1)
                     outcome.exchanges.append(
@@ -262,15 +272,19 @@ class Sandbox:
             answer = await client.request(method, url)
         except httpx.HTTPError as exc:
             return Exchange(service, request, None, f"no answer ({type(exc).__name__})")
+        if answer.status_code < 500:  # an answer that worked is data (perhaps a customer's)
+            return Exchange(service, request, answer.status_code, str(answer.status_code))
         body = " ".join(answer.text.split())[:DETAIL_CHARS]
         detail = f"{answer.status_code}" + (f": {body}" if body else "")
         return Exchange(service, request, answer.status_code, self.masker.mask(detail))
 
-    async def run(self, services: Sequence[str] | None = None) -> Outcome:
+    async def run(
+        self, services: Sequence[str] | None = None, *, reads_only: bool = False
+    ) -> Outcome:
         """Start, exercise ``services`` (default: all started), and report."""
         outcome = Outcome()
         await self.start(outcome)
-        await self.exercise(outcome, services)
+        await self.exercise(outcome, services, reads_only=reads_only)
         return outcome
 
     async def close(self) -> None:
@@ -288,6 +302,7 @@ def run_sandbox(
     database_url: str | None = None,
     masker: Masker | None = None,
     services: Sequence[str] | None = None,
+    reads_only: bool = False,
 ) -> Outcome:
     """Run a sandbox to the end (see :class:`Sandbox`); blocking."""
 
@@ -300,7 +315,7 @@ def run_sandbox(
             database_url=database_url,
             masker=masker,
         ) as box:
-            return await box.run(services)
+            return await box.run(services, reads_only=reads_only)
 
     return asyncio.run(go())
 

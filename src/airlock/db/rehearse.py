@@ -141,16 +141,22 @@ def rehearse(
     target: Target,
     *,
     method: Method = "auto",
+    before_migrate: Callable[[str], None] | None = None,
     after_migrate: Callable[[str], None] | None = None,
 ) -> Rehearsal:
     """Clone the target, apply its pending migrations there, report, drop the clone.
 
-    ``after_migrate(clone_url)`` runs once the migrations succeeded on the clone and before it
-    is dropped: the go/no-go starts the release that runs now against the migrated schema there.
+    ``before_migrate(clone_url)`` runs on the fresh clone, ``after_migrate(clone_url)`` once the
+    migrations succeeded on it, before it is dropped: the go/no-go starts the release that runs
+    now against the clone, before and after, and judges what the migrations broke.
     """
     name = f"airlock_rehearsal_{secrets.token_hex(4)}"
     folder = target.require_migrations()
-    chosen, seconds = clone(target.url, name, method)
+    try:
+        chosen, seconds = clone(target.url, name, method)
+    except BaseException:
+        drop(target.url, name)  # a dump that failed half way leaves a database (and data)
+        raise
     clone_url = with_database(target.url, name)
     rehearsal = Rehearsal(
         database=target.display,
@@ -159,6 +165,8 @@ def rehearse(
         report=Report(database=display_url(clone_url)),
     )
     try:
+        if before_migrate is not None:
+            before_migrate(clone_url)
         migrator = Migrator(clone_url, folder, settings=target.settings)
         try:
             rehearsal.report = migrator.migrate(collect_locks=True)

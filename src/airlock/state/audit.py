@@ -513,6 +513,7 @@ def read_checkpoint(source: Path | Mapping[str, Any], where: str | None = None) 
             "after it was signed",
             hint="use the checkpoint as Airlock wrote it (or a copy kept elsewhere)",
         )
+    data["key_id"] = key_id(data["public_key"])  # derived, never taken from the file: unsigned
     return data
 
 

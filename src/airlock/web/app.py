@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -92,6 +93,17 @@ class Settings:
         ).hexdigest()
 
 
+def _is_loopback_name(host: str) -> bool:
+    """A Host a loopback dashboard answers: localhost, or any loopback address (127.0.0.0/8,
+    ::1) — never a name that a DNS server could point at it (rebinding)."""
+    if host.rstrip(".") in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def token_matches(given: str | None, token: str | None) -> bool:
     if not given or not token:
         return False
@@ -155,7 +167,7 @@ class Guard:
         is_api = path.startswith("/api/")
         if settings.loopback:
             host = _host_name(request.headers.get("host", ""))
-            if host not in LOOPBACK_HOSTS:
+            if not _is_loopback_name(host):
                 return _refused(
                     is_api,
                     421,
@@ -171,7 +183,11 @@ class Guard:
         if token_matches(given, settings.token):
             return None
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie and settings.session and hmac.compare_digest(cookie, settings.session):
+        if (
+            cookie
+            and settings.session
+            and hmac.compare_digest(cookie.encode(), settings.session.encode())
+        ):
             return None
         if is_api or path == "/events":
             return _refused(True, 401, "this dashboard needs its token", "send it as a bearer")
