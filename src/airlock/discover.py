@@ -1038,9 +1038,9 @@ def strace_command() -> str:
 
 def strace_problem(strace: str) -> str | None:
     """Why strace cannot trace a child here (its own message), or None when it can."""
-    try:
+    try:  # exactly as discovery runs it: an older strace lacks --seccomp-bpf or openat2
         done = subprocess.run(
-            [strace, "-f", "-o", os.devnull, "--", sys.executable, "-c", "pass"],
+            list(observed_command(strace, Path(os.devnull), [sys.executable, "-c", "pass"])),
             capture_output=True,
             text=True,
             timeout=60,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +56,10 @@ CODES = {
     "preflight.port-unknown": "A service's port is chosen at deploy (`port: auto`, never bound "
     "here), so the path to it cannot be checked before.",
     "preflight.no-discovery": "Discovery recorded nothing for a service of the release.",
+    "preflight.database-unreachable": "A host of a service that uses the database cannot open "
+    "a TCP connection to the environment's database.",
+    "preflight.discovery-elsewhere": "Discovery ran with another environment's config, so this "
+    "one's outbound destinations are not checked.",
     "preflight.secret-missing": "A secret the environment's config references is not in its "
     "secret provider.",
 }
@@ -74,6 +79,7 @@ class Need:
     """What discovery recorded for one service (only what preflight uses)."""
 
     service: str
+    environment: str | None  # whose config it ran with
     connects: list[dict[str, Any]]
     names: list[str]
     env: list[dict[str, Any]]
@@ -104,12 +110,30 @@ def discovered(bundle: Bundle) -> dict[str, Need]:
             )
             found[record["service"]] = Need(
                 service=record["service"],
+                environment=record.get("environment")
+                if isinstance(record.get("environment"), str)
+                else None,
                 connects=connects,
                 names=names,
                 env=[e for e in record.get("env") or [] if isinstance(e, dict)],
                 files=[f for f in record.get("files") or [] if isinstance(f, dict)],
             )
     return found
+
+
+def _database_address(project: Project, env: str) -> tuple[str, int] | None:
+    """Host and port of ``env``'s database when it is given by URL (an embedded one runs next to
+    Airlock, not on the services' hosts); a ``${secret:…}`` in it is never resolved."""
+    database = project.environments[env].database
+    if database is None or database.embedded or not database.url:
+        return None
+    text = re.sub(r"\$\{[^}]*\}", "x", database.url)
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError:
+        return None
+    return (host, port) if host else None
 
 
 def _is_address(text: str) -> bool:
@@ -161,10 +185,11 @@ def plan_checks(
     findings: list[Finding] = []
     ports: dict[str, int | None] = {}
     for name, service in project.services.items():
-        if name in bound:
+        fixed = service.port if isinstance(service.port, int) else None
+        if name in bound and fixed in (None, bound[name].port):
             ports[name] = bound[name].port  # held by this environment's agent: ours
             continue
-        ports[name] = service.port if isinstance(service.port, int) else None
+        ports[name] = fixed  # the release's port (a changed one must be free too)
         port = ports[name]
         if port is not None:
             plan.add(
@@ -197,6 +222,19 @@ def plan_checks(
                 f"open TCP port {port} from {name}'s hosts to {dependency}'s hosts in every "
                 "firewall on the way",
             )
+    database = _database_address(project, env)
+    for name, service in project.services.items():
+        uses = any("${database.url}" in str(v) for v in service.config.values())
+        if database is None or not uses:
+            continue
+        host, port = database
+        plan.add(
+            HostCheck(name, "connect", {"host": host, "port": port, "timeout": 3.0}),
+            "preflight.database-unreachable",
+            Severity.ERROR,
+            f"{name} → the database {host}:{port} (outbound from {name}'s host)",
+            f"open TCP port {port} to {host} from {name}'s hosts",
+        )
     for name in project.services:
         need = needs.get(name)
         if need is None:
@@ -263,11 +301,24 @@ def _plan_needs(
                 "make sure the service copes without it",
             )
         )
-    for entry in need.connects:
+    elsewhere = need.environment is not None and need.environment != env
+    if elsewhere:
+        findings.append(
+            Finding(
+                "preflight.discovery-elsewhere",
+                Severity.WARNING,
+                f"discovery of {name} ran with {need.environment}'s config, not {env}'s: its "
+                f"outbound destinations and names in {env} are not checked",
+                hint=f"run `airlock discover --all --env {env}` for this release",
+            )
+        )
+    for entry in [] if elsewhere else need.connects:
         host, port = str(entry.get("host") or entry.get("address") or ""), entry.get("port")
         seen, failed = entry.get("seen") or 1, entry.get("failed") or 0
         if entry.get("service") or failed >= seen or not isinstance(port, int) or not host:
             continue  # dependencies are checked from the model; what never worked was not needed
+        if str(entry.get("protocol") or "tcp") != "tcp":
+            continue  # a UDP destination answers nothing to a connect: not checkable this way
         if _is_local(host) or _is_local(str(entry.get("address") or "")):
             continue
         plan.add(
@@ -277,7 +328,7 @@ def _plan_needs(
             f"{name} → {host}:{port} (outbound, seen by discovery)",
             f"open TCP port {port} to {host} from {name}'s hosts",
         )
-    for host_name in need.names:
+    for host_name in [] if elsewhere else need.names:
         if _is_local(host_name):
             continue
         plan.add(
@@ -365,9 +416,13 @@ async def _run(
     plan, findings = plan_checks(
         project, env, bound, discovered(bundle), release_bytes=size, data_dir=runtime.data_dir
     )
+    # the clocks in a round of their own: a skew is judged against the time the question was
+    # asked, so the round must not wait on slow connections
+    clocks = [c for c in plan.checks if c.kind == "clock"]
     started = time.time()
-    results = await runtime.check_hosts(plan.checks)
+    results = await runtime.check_hosts(clocks)
     asked_at = (started + time.time()) / 2
+    results += await runtime.check_hosts([c for c in plan.checks if c.kind != "clock"])
     findings += judge(plan, results, asked_at=asked_at)
     rows = [
         {

@@ -548,6 +548,13 @@ class Migrator:
         step.seconds = time.monotonic() - began
         return step
 
+    def _restore_session(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the session's own settings after a statement run outside a transaction:
+        no statement timeout, and the lock timeout that keeps schema reads from waiting forever
+        (a RESET would drop it)."""
+        conn.execute("RESET statement_timeout")
+        conn.execute(self._settings_sql(local=False)[0])
+
     def _settings_sql(self, local: bool) -> list[str]:
         scope = "LOCAL " if local else ""
         return [
@@ -615,7 +622,7 @@ class Migrator:
                     raise
                 finally:
                     with suppress(psycopg.Error):
-                        conn.execute("RESET lock_timeout; RESET statement_timeout")
+                        self._restore_session(conn)
             with conn.transaction():
                 conn.execute(
                     f"UPDATE {PROGRESS_TABLE} SET completed_at = now() "
@@ -730,7 +737,7 @@ class Migrator:
             )
         finally:
             with suppress(psycopg.Error):
-                conn.execute("RESET lock_timeout; RESET statement_timeout")
+                self._restore_session(conn)
 
     def _record(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, began: float
