@@ -428,8 +428,7 @@ def _project(folder: Path, text: bytes) -> Path:
 
 def _check(folder: Path, name: str, text: bytes) -> Run:
     run = run_check(_project(folder, text))
-    assert run.code in (0, 1, 2), run.describe(name, text)
-    assert run.seconds < HANG_SECONDS, run.describe(name, text)
+    assert run.code in (0, 1, 2), run.describe(name, text)  # a hang's code is "hang"
     assert "Traceback" not in run.stderr, run.describe(name, text)
     return run
 
@@ -550,10 +549,8 @@ def test_the_command_line_reports_a_hostile_file_in_one_paragraph(
 def test_any_bytes_load_or_raise_a_project_error(tmp_path: Path, data: bytes) -> None:
     """Random bytes (and random text) give a project or a ProjectError, nothing else."""
     (tmp_path / "airlock.yaml").write_bytes(data)
-    start = time.monotonic()
-    with contextlib.suppress(ProjectError):
+    with contextlib.suppress(ProjectError):  # a hang is caught by pytest-timeout
         load_project(tmp_path)
-    assert time.monotonic() - start < HANG_SECONDS
 
 
 _ALPHABET = st.sampled_from(
