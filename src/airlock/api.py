@@ -917,12 +917,23 @@ def discover(
     return found, written
 
 
-def record_database_change(
-    project: PathLike, env: str | None, kind: str, payload: dict[str, Any]
-) -> None:
-    """Append to the audit log a change ``airlock db`` made to an environment's database
-    (``migration.applied``, ``migration.undone``, ``migration.baselined``,
-    ``database.restored``); the database is named by its masked URL, never its password."""
+def record_database_change(project: PathLike, env: str, kind: str, data: dict[str, Any]) -> None:
+    """Append to the audit log a change ``airlock db`` made to ``env``'s database, from what
+    the command reported (``data``): ``migration.applied``, ``migration.undone``,
+    ``migration.baselined`` or ``database.restored``. Only what changed is kept: the
+    database's masked name, the scripts and their outcomes, a baseline's versions, a restore's
+    file. A migrate or undo that ran nothing appends nothing."""
+    steps = [
+        {"script": s.get("script"), "outcome": s.get("outcome")} for s in data.get("steps") or []
+    ]
+    if kind in {"migration.applied", "migration.undone"} and not steps:
+        return
+    payload: dict[str, Any] = {"database": data.get("database"), "steps": steps}
+    if kind == "migration.baselined":
+        payload["recorded"] = [r.get("script") for r in data.get("recorded") or []]
+        payload["baseline_version"] = data.get("baseline_version")
+    if kind == "database.restored":
+        payload["backup"] = data.get("backup")
     root = project_at(project).root
     with open_state(root) as store:
         store.record_database(kind, env, payload)

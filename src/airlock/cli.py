@@ -651,23 +651,9 @@ def _target(
 def _record_database(
     project: Path | None, env: str | None, kind: str, data: dict[str, Any], *, dry_run: bool = False
 ) -> None:
-    """The audit log's entry for a change to an environment's database (a standalone
-    ``--database-url`` belongs to no project's log). Only what changed is kept: the database's
-    masked name, the scripts and their outcomes, a baseline's versions, a restore's file."""
-    if env is None or dry_run:
-        return
-    steps = [
-        {"script": s.get("script"), "outcome": s.get("outcome")} for s in data.get("steps") or []
-    ]
-    if kind in {"migration.applied", "migration.undone"} and not steps:
-        return  # nothing ran
-    payload: dict[str, Any] = {"database": data.get("database"), "steps": steps}
-    if kind == "migration.baselined":
-        payload["recorded"] = [r.get("script") for r in data.get("recorded") or []]
-        payload["baseline_version"] = data.get("baseline_version")
-    if kind == "database.restored":
-        payload["backup"] = data.get("backup")
-    api.record_database_change(_project(project), env, kind, payload)
+    """The audit entry of a change ``airlock db`` made to an environment's database."""
+    if env is not None and not dry_run:  # a standalone --database-url belongs to no project
+        api.record_database_change(_project(project), env, kind, data)
 
 
 def _steps_table(report: dict[str, Any]) -> None:

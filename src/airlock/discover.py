@@ -47,6 +47,7 @@ from airlock.bundle import Bundle
 from airlock.errors import RuntimeFailure, UsageError
 from airlock.masking import Masker
 from airlock.paths import state_dir
+from airlock.plan import uses_database
 from airlock.runtimes import InstanceSpec
 from airlock.sandbox import Outcome, Sandbox
 
@@ -1215,10 +1216,7 @@ async def _observe(
                 "the Python audit hook did not load (PYTHONPATH ignored, e.g. python -I or -E?): "
                 "environment variables come from the static scan only"
             )
-        needs_database = any(
-            "${database.url}" in str(v) for v in bundle.config(env)[service].values()
-        )
-        if placeholder and needs_database:
+        if placeholder and uses_database(bundle.config(env)[service]):
             notes.append(
                 "no database was given (--database-url): its URL pointed at a closed local port, "
                 "labelled `database`"

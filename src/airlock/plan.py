@@ -79,6 +79,11 @@ def secret_keys(config: Mapping[str, str]) -> set[str]:
     }
 
 
+def uses_database(config: Mapping[str, str]) -> bool:
+    """Whether a service's rendered config reaches for the database (``${database.url}``)."""
+    return any(r.kind == "database" for value in config.values() for r in references(value))
+
+
 def service_digest(
     name: str,
     argv: Sequence[str],

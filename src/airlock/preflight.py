@@ -37,6 +37,7 @@ from airlock.checks.outcome import GateOutcome
 from airlock.errors import AirlockError
 from airlock.findings import Finding, Severity
 from airlock.model import Project, require_env
+from airlock.plan import render_config, uses_database
 from airlock.runtimes import CheckResult, Endpoint, HostCheck, Runtime, open_runtime
 
 CODES = {
@@ -223,9 +224,9 @@ def plan_checks(
                 "firewall on the way",
             )
     database = _database_address(project, env)
-    for name, service in project.services.items():
-        uses = any("${database.url}" in str(v) for v in service.config.values())
-        if database is None or not uses:
+    rendered = render_config(project, env)
+    for name in project.services:
+        if database is None or not uses_database(rendered[name]):
             continue
         host, port = database
         plan.add(
@@ -276,9 +277,7 @@ def plan_checks(
 def _plan_needs(
     plan: _Checks, findings: list[Finding], project: Project, env: str, name: str, need: Need
 ) -> None:
-    config = dict(project.services[name].config) | dict(
-        project.environments[env].config.get(name, {})
-    )
+    config = render_config(project, env)[name]
     for entry in need.env:
         variable = str(entry.get("name") or "")
         if (
