@@ -1641,7 +1641,7 @@ class SshRuntime:
         python = self.settings.python
         command = f"{shlex.quote(python)} -I -"
         try:
-            result = await asyncio.wait_for(conn.run(command, input=program, check=False), timeout)
+            result = await asyncio.wait_for(self._run_with_input(conn, command, program), timeout)
         except TimeoutError:
             raise _HostFailure(
                 f"{arguments['command']} on the host did not finish within {timeout:g} s"
@@ -1675,6 +1675,24 @@ class SshRuntime:
             f"{result.exit_status}): {said or 'no output'}",
             hint="check runtime.python and that the host's disk is not full",
         )
+
+    @staticmethod
+    async def _run_with_input(
+        conn: asyncssh.SSHClientConnection, command: str, program: str
+    ) -> asyncssh.SSHCompletedProcess:
+        """Run ``command`` with ``program`` as its input; its completed process.
+
+        A command that exits before reading its input (a python3 that is not there) closes
+        the channel under the write: its exit status and error output say why, not the
+        write's "channel not open for sending".
+        """
+        process = await conn.create_process(command)
+        try:
+            process.stdin.write(program)
+            process.stdin.write_eof()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return await process.wait(check=False)
 
     def _raise_tool_error(self, host: _Host, answer: dict[str, Any], doing: str) -> None:
         error = answer.get("error")
