@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -451,6 +453,111 @@ def test_a_lock_timeout_in_a_concurrent_build_is_retried_after_dropping_its_left
     [step] = report.steps
     assert step.outcome == "applied" and step.attempts > 1
     assert indexes(pg_url)["audit_note"] is True and indexes(pg_url)["accounts_balance"] is True
+
+
+def hold_a_write_for(
+    url: str, table: str, seconds: float
+) -> tuple[psycopg.Connection[Any], Callable[[object], None]]:
+    """A connection and a ``before_apply`` hook that opens a write transaction on ``table``
+    and ends it after ``seconds``: concurrent statements wait for it and time out."""
+    blocker = psycopg.connect(url)
+
+    def hook(_pending: object) -> None:
+        blocker.execute(f"INSERT INTO {table} DEFAULT VALUES")
+        threading.Timer(seconds, blocker.rollback).start()
+
+    return blocker, hook
+
+
+def test_a_timed_out_concurrent_reindex_leaves_no_copy_behind(pg_url: str, folder: Path) -> None:
+    """A REINDEX CONCURRENTLY that times out waiting for a writer leaves an INVALID
+    ``*_ccnew`` copy; it is dropped, so the retry does not leave a second index behind."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V3__reindex.sql", "REINDEX TABLE CONCURRENTLY audit;\n")
+    blocker, hook = hold_a_write_for(pg_url, "audit", 1.5)
+    try:
+        settings = Settings(lock_timeout=0.3, retries=6)
+        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=hook)
+    finally:
+        time.sleep(0.1)
+        blocker.close()
+    [step] = report.steps
+    assert step.outcome == "applied" and step.attempts > 1
+    assert indexes(pg_url) == {"accounts_pkey": True, "audit_pkey": True}
+    assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
+
+
+def test_an_interrupted_concurrent_reindex_is_not_drift_and_is_cleaned_up(
+    pg_url: str, folder: Path
+) -> None:
+    """The migrator's connection dies during REINDEX INDEX CONCURRENTLY: the ``*_ccnew`` copy
+    it leaves is not drift, and the next run drops it and rebuilds the index once."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V3__reindex.sql", "REINDEX INDEX CONCURRENTLY audit_pkey;\n")
+    blocker = psycopg.connect(pg_url)
+    blocker.execute("INSERT INTO audit (note) VALUES ('x')")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Migrator(pg_url, folder, settings=Settings(lock_timeout=60)).migrate()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        pid = backend_running(pg_url, "REINDEX INDEX CONCURRENTLY audit_pkey")
+        time.sleep(0.2)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        thread.join(30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert failure and isinstance(failure[0], AirlockError), failure
+    assert indexes(pg_url) == {"accounts_pkey": True, "audit_pkey": True, "audit_pkey_ccnew": False}
+
+    step = Migrator(pg_url, folder).migrate().steps[-1]
+    assert (step.outcome, step.resumed_at) == ("applied", 1)
+    assert indexes(pg_url) == {"accounts_pkey": True, "audit_pkey": True}
+    assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
+    assert progress_rows(pg_url) == []
+
+
+def test_a_timed_out_concurrent_detach_is_finished_on_retry(pg_url: str, folder: Path) -> None:
+    """DETACH PARTITION CONCURRENTLY that times out waiting for a writer leaves the partition
+    pending detach, and PostgreSQL refuses to start it again; the retry finishes it with
+    FINALIZE."""
+    write(
+        folder,
+        "V3__events.sql",
+        "CREATE TABLE events (id bigint NOT NULL DEFAULT 1, at date NOT NULL DEFAULT "
+        "'2026-01-15') PARTITION BY RANGE (at);\n"
+        "CREATE TABLE events_2026_01 PARTITION OF events FOR VALUES FROM ('2026-01-01') "
+        "TO ('2026-02-01');\n",
+    )
+    Migrator(pg_url, folder).migrate()
+    write(
+        folder,
+        "V4__detach.sql",
+        "ALTER TABLE events DETACH PARTITION events_2026_01 CONCURRENTLY;\n",
+    )
+    blocker, hook = hold_a_write_for(pg_url, "events", 1.5)
+    try:
+        settings = Settings(lock_timeout=0.3, retries=6)
+        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=hook)
+    finally:
+        time.sleep(0.1)
+        blocker.close()
+    [step] = report.steps
+    assert step.outcome == "applied" and step.attempts > 1
+    with psycopg.connect(pg_url) as conn:
+        attached = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'events_2026_01'::regclass"
+        ).fetchone()
+    assert attached == (0,)
+    assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
 
 
 def test_a_failed_concurrent_index_leaves_no_invalid_index(pg_url: str, folder: Path) -> None:

@@ -10,8 +10,9 @@ backoff. A file whose statements PostgreSQL cannot run in a transaction (``CREAT
 CONCURRENTLY``, ``VACUUM``, …) runs statement by statement in autocommit instead: each statement
 is marked as started in ``airlock_schema_progress`` before it runs and as completed after, so a
 run that fails or is killed half way resumes at the statement that did not complete. What such a
-statement leaves behind when it fails (the INVALID index of a concurrent build) is dropped before
-it runs again. A file that mixes both kinds is refused before anything runs.
+statement leaves behind when it fails (the INVALID index of a concurrent build, the ``*_ccnew``
+copies of a concurrent reindex) is dropped before it runs again, and a concurrent detach left
+pending is finished with ``FINALIZE``. A file that mixes both kinds is refused before anything runs.
 
 After every successful migrate the schema's fingerprint is recorded in
 ``airlock_schema_baseline``; before migrating, the live schema is compared with it, and any
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from pglast.enums.parsenodes import ObjectType
+from pglast.enums.parsenodes import AlterTableType, ObjectType, ReindexObjectType
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 
@@ -418,10 +419,9 @@ class Migrator:
                     "the migrations do not match the database's history", report.findings
                 )
             todo = pending(migrations, history, allow_out_of_order=self.settings.allow_out_of_order)
-            leftover = self._interrupted_index(conn, todo)
+            leftovers = self._interrupted_leftovers(conn, todo)
             drift = self._retrying(
-                "reading the live schema",
-                lambda: self.drift(conn, ignore=[leftover] if leftover else []),
+                "reading the live schema", lambda: self.drift(conn, ignore=leftovers)
             )
             if drift is not None and not drift.empty:
                 finding = drift_finding(drift, self.where)
@@ -615,7 +615,8 @@ class Migrator:
                 for setting in self._settings_sql(local=False):
                     conn.execute(setting)
                 try:
-                    _execute(conn, migration, statement)
+                    if not self._finish_pending_detach(conn, migration, statement):
+                        _execute(conn, migration, statement)
                 except (psycopg.Error, _StatementFailed):
                     with suppress(psycopg.Error):
                         self._after_failure(conn, migration, index, statement)
@@ -664,29 +665,36 @@ class Migrator:
                 interrupted = index
         return done, interrupted if interrupted == done + 1 else None
 
-    def _interrupted_index(self, conn: psycopg.Connection[Any], todo: Pending) -> str | None:
-        """The index (``"index schema.name"``) the statement an earlier run did not complete
-        was building or dropping, if the next migration to run is such a file: whatever state
-        that index is in now is the interrupted statement's doing, not drift."""
+    def _interrupted_leftovers(self, conn: psycopg.Connection[Any], todo: Pending) -> list[str]:
+        """The indexes (``"index schema.name"``) the statement an earlier run did not complete
+        was building, dropping or rebuilding, if the next migration to run is such a file:
+        whatever state they are in now is the interrupted statement's doing, not drift."""
         if not todo:
-            return None
+            return []
         migration = todo.all[0]
         statements = self._parse(migration)
         if statements[0].transactional:
-            return None
+            return []
         _, interrupted = self._resume_point(conn, migration, statements)
         if interrupted is None:
-            return None
-        target = _index_target(statements[interrupted - 1])
-        if target is None:
-            return None
-        row = conn.execute(_INDEX_KEY, target).fetchone()
-        return f"index {row[0]}" if row and row[0] else None
+            return []
+        statement = statements[interrupted - 1]
+        keys = [f"index {row[2]}" for row in _reindex_leftovers(conn, statement)]
+        target = _index_target(statement)
+        if target is not None:
+            row = conn.execute(_INDEX_KEY, target).fetchone()
+            if row and row[0]:
+                keys.append(f"index {row[0]}")
+        return keys
 
     def _finished_before(self, conn: psycopg.Connection[Any], statement: Statement) -> bool:
         """Whether an interrupted statement had done its work anyway (PostgreSQL finishes a
         concurrent index build whose client went away): a valid index it built that the
-        schema recorded before it does not have, or an index it dropped that is gone."""
+        schema recorded before it does not have, an index it dropped that is gone, or a
+        partition it detached that is no longer attached."""
+        detach = _detach_target(statement)
+        if detach is not None:
+            return conn.execute(_PENDING_DETACH, detach).fetchone() is None
         target = _index_target(statement)
         if target is None:
             return False
@@ -719,25 +727,59 @@ class Migrator:
     def _drop_invalid_leftover(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement
     ) -> None:
-        """Drop the INVALID index a failed or interrupted ``CREATE INDEX CONCURRENTLY`` of
-        ``statement`` left behind, so that running it again can succeed."""
-        if statement.kind != "IndexStmt":
+        """Drop the INVALID indexes a failed or interrupted ``CREATE INDEX CONCURRENTLY`` or
+        ``REINDEX … CONCURRENTLY`` of ``statement`` left behind (the ``*_ccnew`` copy it was
+        building, or the ``*_ccold`` original it could not drop after the swap), so that running
+        it again can succeed and leaves no second copy."""
+        leftovers: list[tuple[str, str, str]] = []
+        if statement.kind == "IndexStmt":
+            found = _find_index(conn, statement)
+            if found is not None and not found[2]:
+                leftovers.append((found[0], found[1], found[3]))
+        elif statement.kind == "ReindexStmt":
+            leftovers = _reindex_leftovers(conn, statement)
+        if not leftovers:
             return
-        found = _find_index(conn, statement)
-        if found is None or found[2]:
-            return
-        self.progress(f"{migration.name}: dropping the invalid index {found[3]} left by a failure")
         for setting in self._settings_sql(local=False):
             conn.execute(setting)
         try:
-            conn.execute(
-                pg_sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-                    pg_sql.Identifier(found[0]), pg_sql.Identifier(found[1])
+            for schema, name, key in leftovers:
+                self.progress(
+                    f"{migration.name}: dropping the invalid index {key} left by a failure"
                 )
-            )
+                conn.execute(
+                    pg_sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                        pg_sql.Identifier(schema), pg_sql.Identifier(name)
+                    )
+                )
         finally:
             with suppress(psycopg.Error):
                 self._restore_session(conn)
+
+    def _finish_pending_detach(
+        self, conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement
+    ) -> bool:
+        """Complete a ``DETACH PARTITION … CONCURRENTLY`` of ``statement`` that an earlier try
+        left pending (PostgreSQL refuses to start it again): run ``… FINALIZE`` instead.
+        Whether it did."""
+        target = _detach_target(statement)
+        if target is None:
+            return False
+        row = conn.execute(_PENDING_DETACH, target).fetchone()
+        if row is None or not row[0]:
+            return False
+        self.progress(f"{migration.name}: finishing the pending detach of {target['partition']}")
+        try:
+            conn.execute(
+                pg_sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                    pg_sql.SQL(target["parent"]), pg_sql.SQL(target["partition"])
+                )
+            )
+        except pg_errors.LockNotAvailable:
+            raise
+        except psycopg.Error as exc:
+            raise _StatementFailed(_sql_error(migration, statement, exc)) from None
+        return True
 
     def _record(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, began: float
@@ -933,6 +975,82 @@ def _changed_after_partial_run(
         hint="restore the statements that already ran as they were (they are recorded in "
         f"{PROGRESS_TABLE}); only the statements after them may still change",
     )
+
+
+# The INVALID copies a ``REINDEX … CONCURRENTLY`` leaves when it fails: ``<index>_ccnew[N]``
+# (the new copy, not finished) and ``<index>_ccold[N]`` (the original, swapped out but not
+# dropped), on the tables it rebuilt the indexes of (their partitions and TOAST tables too).
+_REINDEX_LEFTOVERS = """
+    WITH target AS (
+        SELECT CASE %(kind)s
+                 WHEN 'index' THEN (SELECT indrelid FROM pg_index
+                                    WHERE indexrelid = to_regclass(%(name)s))
+                 WHEN 'table' THEN to_regclass(%(name)s)
+               END AS oid
+    ), tables AS (
+        SELECT target.oid FROM target WHERE target.oid IS NOT NULL
+        UNION SELECT p.relid FROM target, pg_partition_tree(target.oid) p
+        UNION SELECT c.oid FROM pg_class c
+        WHERE %(kind)s = 'schema' AND c.relnamespace = to_regnamespace(%(name)s)
+          AND c.relkind IN ('r', 'm', 'p')
+    ), owners AS (
+        SELECT oid FROM tables
+        UNION SELECT c.reltoastrelid FROM pg_class c JOIN tables t ON t.oid = c.oid
+        WHERE c.reltoastrelid <> 0
+    )
+    SELECT n.nspname, c.relname, format('%%I.%%I', n.nspname, c.relname)
+    FROM pg_index i JOIN owners o ON o.oid = i.indrelid
+    JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
+    ORDER BY 1, 2
+"""
+
+_REINDEX_KINDS = {
+    ReindexObjectType.REINDEX_OBJECT_INDEX: "index",
+    ReindexObjectType.REINDEX_OBJECT_TABLE: "table",
+    ReindexObjectType.REINDEX_OBJECT_SCHEMA: "schema",
+}
+
+
+def _reindex_leftovers(
+    conn: psycopg.Connection[Any], statement: Statement
+) -> list[tuple[str, str, str]]:
+    """The invalid ``*_ccnew``/``*_ccold`` indexes on what a ``REINDEX`` statement rebuilds:
+    (schema, name, "schema.name" as the fingerprint keys it)."""
+    if statement.kind != "ReindexStmt":
+        return []
+    node = statement.node
+    kind = _REINDEX_KINDS.get(node.kind)
+    if kind is None:
+        return []
+    if kind == "schema":
+        name = _quoted(node.name)
+    else:
+        name = _quoted(node.relation.schemaname, node.relation.relname)
+    rows = conn.execute(_REINDEX_LEFTOVERS, {"kind": kind, "name": name}).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+# Whether a partition is attached to its parent with a detach pending.
+_PENDING_DETACH = """
+    SELECT i.inhdetachpending FROM pg_inherits i
+    WHERE i.inhrelid = to_regclass(%(partition)s) AND i.inhparent = to_regclass(%(parent)s)
+"""
+
+
+def _detach_target(statement: Statement) -> dict[str, str] | None:
+    """The parent and partition (qualified, quoted) of a ``DETACH PARTITION … CONCURRENTLY``."""
+    node = statement.node
+    if statement.kind != "AlterTableStmt" or len(node.cmds or ()) != 1:
+        return None
+    cmd = node.cmds[0]
+    if cmd.subtype != AlterTableType.AT_DetachPartition or not cmd.def_.concurrent:
+        return None
+    parent, partition = node.relation, cmd.def_.name
+    return {
+        "parent": _quoted(parent.schemaname, parent.relname),
+        "partition": _quoted(partition.schemaname, partition.relname),
+    }
 
 
 def drift_finding(schema_diff: SchemaDiff, where: str) -> Finding:
