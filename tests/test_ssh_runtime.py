@@ -10,11 +10,12 @@ through each host's own proxy, batches, faults that name the host. Every test ha
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import textwrap
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -536,6 +537,56 @@ def test_login_and_host_key_faults_are_setup_errors_naming_the_host(
     pinned.write_text(f"{h1.known_hosts_line}\n{h2.address} {other.decode()}\n")
     with pytest.raises(SshSetupError, match=r"alk-h2 \(10.213.0.12\): the host key .* CHANGED"):
         run(setup.runtime(host_keys="pin").status())
+
+
+def test_a_host_keeps_the_releases_in_use_and_the_newest_and_removes_the_rest(
+    fleet_project: Callable[..., FleetProject],
+) -> None:
+    setup = fleet_project(1, keep_releases=2)
+    [host] = setup.hosts
+    sealed: list[Path] = []
+    for n in range(1, 6):  # five releases: app/svc.py differs, airlock.yaml is shared
+        with (setup.root / "app" / "svc.py").open("a") as fh:
+            fh.write(f"# release {n}\n")
+        sealed.append(api.build(setup.root)[0].files_dir)
+
+    def on_host() -> tuple[set[str], set[str]]:
+        listed = [
+            host.run(["ls", "-A", f"{setup.base}/{d}"]).stdout for d in ("releases", "objects")
+        ]
+        return set(listed[0].split()), set(listed[1].split())
+
+    def releases(*indexes: int) -> set[str]:
+        return {json.loads((sealed[i].parent / "manifest.json").read_text())["id"] for i in indexes}
+
+    def objects_of(*indexes: int) -> set[str]:
+        return {
+            hashlib.sha256(path.read_bytes()).hexdigest()
+            for i in indexes
+            for path in sealed[i].rglob("*")
+            if path.is_file()
+        }
+
+    async def scenario() -> None:
+        runtime = setup.runtime()
+        await runtime.endpoint("api", None)
+        specs = [
+            replace(setup.spec("api", f"v{n + 1}"), cwd=str(folder))
+            for n, folder in enumerate(sealed)
+        ]
+        await runtime.start(specs[0])  # release 1 keeps running throughout
+        for spec in specs[1:4]:
+            await runtime.start(spec)
+            await runtime.stop(spec.instance_id)
+        # release 2 is neither running nor among the two most recently used: removed, and
+        # its own svc.py with it; airlock.yaml stays, the other releases link it
+        assert on_host() == (releases(0, 2, 3), objects_of(0, 2, 3))
+        await runtime.stop(specs[0].instance_id)
+        await runtime.start(specs[4])
+        assert on_host() == (releases(3, 4), objects_of(3, 4))
+        await runtime.stop(specs[4].instance_id)
+
+    run(scenario())
 
 
 def test_python_missing_or_too_old_is_named(fleet_project: Callable[..., FleetProject]) -> None:

@@ -299,6 +299,14 @@ class SshRuntimeModel(BaseModel):
         description="Where Airlock keeps its agent, releases and logs on each host.",
     )
     python: str = Field(default="python3", description="Python 3.11+ on the hosts.")
+    keep_releases: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Releases each host keeps besides those running, the most recently used "
+        "first: when a new release is installed there, older ones and the files only they "
+        "used are removed.",
+    )
     listen: str | None = Field(
         default=None,
         description="Address the services' stable ports listen on, on each host (default: the "

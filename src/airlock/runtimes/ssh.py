@@ -22,6 +22,9 @@ Host layout (``BASE`` is ``runtime.base_dir``, ``~/.airlock`` by default)::
     BASE/releases/<id>/files/       a release's files: hard links to the objects
     BASE/envs/ENV/                  the agent's folder: agent.json, ports.json, logs/, data/
 
+    Installing a release prunes the others: a host keeps the releases a process works in and
+    the ``runtime.keep_releases`` most recently used, and the objects those link to.
+
 What crosses the network
     Everything goes through one SSH connection per host (opened lazily, in parallel, and reused
     until :meth:`SshRuntime.close`, :meth:`SshRuntime.shutdown` or the end of the event loop):
@@ -356,6 +359,10 @@ def cmd_hello(a):
         files_dir = os.path.join(base, "releases", release["id"], "files")
         if os.path.isdir(files_dir):
             releases[release["id"]] = {"complete": True, "dir": files_dir, "missing": []}
+            try:
+                os.utime(os.path.dirname(files_dir))  # most recently used: not pruned next
+            except OSError:
+                pass
         else:
             missing = [h for h in release["hashes"] if not os.path.isfile(os.path.join(objects, h))]
             releases[release["id"]] = {"complete": False, "missing": missing}
@@ -390,8 +397,69 @@ def cmd_install_payload(a):
     return {"ok": True}
 
 
+def releases_in_use(base):
+    # the releases some process of this host works in (its working folder is inside one)
+    root = os.path.join(os.path.realpath(base), "releases") + os.sep
+    used = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cwd = os.readlink("/proc/%s/cwd" % name)
+            except OSError:
+                continue
+            if cwd.startswith(root):
+                used.add(cwd[len(root):].split(os.sep, 1)[0])
+    return used
+
+
+def prune(base, keep, current):
+    # Remove the releases no process works in, except the `keep` most recently used, then
+    # every object no release links to any more (its link count is down to 1).
+    folder = os.path.join(base, "releases")
+    found = []
+    for name in os.listdir(folder):
+        if not name.startswith("."):  # ".tmp-…": a release another run is linking
+            try:
+                found.append((os.stat(os.path.join(folder, name)).st_mtime, name))
+            except OSError:
+                pass
+    found.sort(reverse=True)
+    kept = set(name for _, name in found[:keep]) | releases_in_use(base) | {current}
+    releases = 0
+    for _, name in found:
+        if name not in kept:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            releases += 1
+    objects, size = 0, 0
+    store = os.path.join(base, "objects")
+    for name in os.listdir(store) if releases else ():
+        path = os.path.join(store, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not name.startswith(".") and st.st_nlink == 1:
+            os.unlink(path)
+            objects, size = objects + 1, size + st.st_size
+    return {"releases": releases, "objects": objects, "bytes": size}
+
+
 def cmd_install_release(a):
+    # One install or prune at a time on a host: a prune must not remove the objects another
+    # run has just put in place and not yet linked.
+    import fcntl
     base = os.path.abspath(os.path.expanduser(a["base"]))
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    with open(os.path.join(base, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        answer = install_release(a, base)
+        if answer.get("ok"):
+            os.utime(os.path.dirname(answer["dir"]))  # most recently used
+            answer["pruned"] = prune(base, a["keep"], a["id"])
+        return answer
+
+
+def install_release(a, base):
     objects = os.path.join(base, "objects")
     os.makedirs(objects, mode=0o755, exist_ok=True)
     incoming = a.get("incoming")
@@ -1315,6 +1383,7 @@ class SshRuntime:
                     "files": release.files,
                     "incoming": incoming,
                     "nonce": secrets.token_hex(4),
+                    "keep": self.settings.keep_releases,
                 },
                 timeout=600.0,
             )
