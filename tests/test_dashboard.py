@@ -239,6 +239,65 @@ def test_a_dashboard_without_token_is_read_only(workspace: Workspace) -> None:
         served.stop()
 
 
+def test_a_rollback_from_the_dashboard_brings_the_previous_release_back(tmp_path: Path) -> None:
+    """With the token, the JSON API and the environment page's form each roll back for real:
+    the previous release serves again, history and the audit log record it."""
+    factory = ProjectFactory(tmp_path)
+    project = factory(
+        {"api": {"config": {"VERSION": "api-1"}}},
+        environments={"staging": {}},
+        gates={"bake": "1s", "ready_timeout": "5s"},
+    )
+    served: Dashboard | None = None
+    try:
+        api.build(project, "v1")
+        first = api.deploy(project, "staging")
+        assert first.outcome == "succeeded", first.reason
+        document = factory.read(project)
+        document["services"]["api"]["config"]["VERSION"] = "api-2"
+        factory.write(project, document)
+        api.build(project, "v2")
+        assert api.deploy(project, "staging").outcome == "succeeded"
+        url = first.endpoints["api"] + "/"
+
+        def serving() -> str:
+            return httpx.get(url, timeout=5, trust_env=False).text
+
+        assert "api-2" in serving()
+        served = Dashboard(project)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        answer = served.post("/api/rollback", json={"env": "staging"}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert (result["kind"], result["version"], result["outcome"]) == (
+            "rollback",
+            "v1",
+            "succeeded",
+        )
+        assert "api-1" in serving()
+
+        form = served.post("/environments/staging/rollback", data={"token": TOKEN, "to": "v2"})
+        assert form.status_code == 303
+        assert "rollback%20to%20v2%3A%20succeeded" in form.headers["location"]
+        assert "api-2" in serving()
+        page = served.get(form.headers["location"].lstrip("/")).text
+        assert "rollback to v2: succeeded" in page
+
+        history = api.history(project, "staging", 10)
+        assert [(d.kind, d.version, d.status) for d in history][:2] == [
+            ("rollback", "v2", "succeeded"),
+            ("rollback", "v1", "succeeded"),
+        ]
+        kinds = [entry["kind"] for entry in api.audit_show(project, "staging", 50)]
+        assert kinds.count("rollback.finished") == 2, kinds
+        assert api.audit_verify(project)["ok"]
+    finally:
+        if served is not None:
+            err = served.stop()
+            assert "Traceback" not in err, err
+        factory.cleanup()
+
+
 def test_the_api_finds_no_server_error_under_schemathesis(
     workspace: Workspace, dashboard: Dashboard, tmp_path: Path
 ) -> None:
