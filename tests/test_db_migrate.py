@@ -384,12 +384,10 @@ def backend_running(url: str, fragment: str, timeout: float = 20.0) -> int:
     raise AssertionError(f"no backend ran {fragment!r}")
 
 
-def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, folder: Path) -> None:
-    """The migrator's connection dies during a concurrent build: PostgreSQL leaves an INVALID
-    index. The next run does not call it drift, drops it, and builds it again."""
-    Migrator(pg_url, folder).migrate()
-    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
-    blocker = psycopg.connect(pg_url)  # an open write transaction makes the build wait
+def migrate_killed_while_running(pg_url: str, folder: Path, fragment: str) -> list[BaseException]:
+    """Migrate while an open write transaction on ``audit`` makes concurrent statements wait,
+    and terminate the migrator's backend once it runs ``fragment``; what the migrate raised."""
+    blocker = psycopg.connect(pg_url)
     blocker.execute("INSERT INTO audit (note) VALUES ('x')")
     failure: list[BaseException] = []
 
@@ -402,7 +400,7 @@ def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, fol
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        pid = backend_running(pg_url, "audit_note ON audit")
+        pid = backend_running(pg_url, fragment)
         time.sleep(0.2)
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -410,6 +408,15 @@ def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, fol
     finally:
         blocker.rollback()
         blocker.close()
+    return failure
+
+
+def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, folder: Path) -> None:
+    """The migrator's connection dies during a concurrent build: PostgreSQL leaves an INVALID
+    index. The next run does not call it drift, drops it, and builds it again."""
+    Migrator(pg_url, folder).migrate()
+    write(folder, "V3__indexes.sql", SIX_CONCURRENT)
+    failure = migrate_killed_while_running(pg_url, folder, "audit_note ON audit")
     assert failure and isinstance(failure[0], AirlockError), failure
     assert "V3__indexes.sql:2" in str(failure[0])
     assert indexes(pg_url).get("audit_note") is False  # left INVALID by the killed build
@@ -426,35 +433,6 @@ def test_an_interrupted_concurrent_build_is_dropped_and_retried(pg_url: str, fol
     assert Migrator(pg_url, folder).drift().empty  # type: ignore[union-attr]
 
 
-def test_a_lock_timeout_in_a_concurrent_build_is_retried_after_dropping_its_leftover(
-    pg_url: str, folder: Path
-) -> None:
-    """A concurrent build that times out waiting for a writer leaves an INVALID index; the
-    retry drops it first and succeeds once the writer is gone."""
-    Migrator(pg_url, folder).migrate()
-    write(
-        folder,
-        "V3__index.sql",
-        "CREATE INDEX CONCURRENTLY audit_note ON audit (note);\n"
-        "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance);\n",
-    )
-    blocker = psycopg.connect(pg_url)
-
-    def hold_a_write(_pending: object) -> None:
-        blocker.execute("INSERT INTO audit (note) VALUES ('x')")
-        threading.Timer(1.5, blocker.rollback).start()
-
-    try:
-        settings = Settings(lock_timeout=0.3, retries=6)
-        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=hold_a_write)
-    finally:
-        time.sleep(0.1)
-        blocker.close()
-    [step] = report.steps
-    assert step.outcome == "applied" and step.attempts > 1
-    assert indexes(pg_url)["audit_note"] is True and indexes(pg_url)["accounts_balance"] is True
-
-
 def hold_a_write_for(
     url: str, table: str, seconds: float
 ) -> tuple[psycopg.Connection[Any], Callable[[object], None]]:
@@ -467,6 +445,30 @@ def hold_a_write_for(
         threading.Timer(seconds, blocker.rollback).start()
 
     return blocker, hook
+
+
+def test_a_lock_timeout_in_a_concurrent_build_is_retried_after_dropping_its_leftover(
+    pg_url: str, folder: Path
+) -> None:
+    """A concurrent build that times out waiting for a writer leaves an INVALID index; the
+    retry drops it first and succeeds once the writer is gone."""
+    Migrator(pg_url, folder).migrate()
+    write(
+        folder,
+        "V3__index.sql",
+        "CREATE INDEX CONCURRENTLY audit_note ON audit (note);\n"
+        "CREATE INDEX CONCURRENTLY accounts_balance ON accounts (balance);\n",
+    )
+    blocker, hook = hold_a_write_for(pg_url, "audit", 1.5)
+    try:
+        settings = Settings(lock_timeout=0.3, retries=6)
+        report = Migrator(pg_url, folder, settings=settings).migrate(before_apply=hook)
+    finally:
+        time.sleep(0.1)
+        blocker.close()
+    [step] = report.steps
+    assert step.outcome == "applied" and step.attempts > 1
+    assert indexes(pg_url)["audit_note"] is True and indexes(pg_url)["accounts_balance"] is True
 
 
 def test_a_timed_out_concurrent_reindex_leaves_no_copy_behind(pg_url: str, folder: Path) -> None:
@@ -494,27 +496,7 @@ def test_an_interrupted_concurrent_reindex_is_not_drift_and_is_cleaned_up(
     it leaves is not drift, and the next run drops it and rebuilds the index once."""
     Migrator(pg_url, folder).migrate()
     write(folder, "V3__reindex.sql", "REINDEX INDEX CONCURRENTLY audit_pkey;\n")
-    blocker = psycopg.connect(pg_url)
-    blocker.execute("INSERT INTO audit (note) VALUES ('x')")
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            Migrator(pg_url, folder, settings=Settings(lock_timeout=60)).migrate()
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        pid = backend_running(pg_url, "REINDEX INDEX CONCURRENTLY audit_pkey")
-        time.sleep(0.2)
-        with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        thread.join(30)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    failure = migrate_killed_while_running(pg_url, folder, "REINDEX INDEX CONCURRENTLY audit_pkey")
     assert failure and isinstance(failure[0], AirlockError), failure
     assert indexes(pg_url) == {"accounts_pkey": True, "audit_pkey": True, "audit_pkey_ccnew": False}
 

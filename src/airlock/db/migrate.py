@@ -615,8 +615,7 @@ class Migrator:
                 for setting in self._settings_sql(local=False):
                     conn.execute(setting)
                 try:
-                    if not self._finish_pending_detach(conn, migration, statement):
-                        _execute(conn, migration, statement)
+                    _execute(conn, migration, statement, self._instead(conn, migration, statement))
                 except (psycopg.Error, _StatementFailed):
                     with suppress(psycopg.Error):
                         self._after_failure(conn, migration, index, statement)
@@ -756,30 +755,20 @@ class Migrator:
             with suppress(psycopg.Error):
                 self._restore_session(conn)
 
-    def _finish_pending_detach(
+    def _instead(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement
-    ) -> bool:
-        """Complete a ``DETACH PARTITION … CONCURRENTLY`` of ``statement`` that an earlier try
-        left pending (PostgreSQL refuses to start it again): run ``… FINALIZE`` instead.
-        Whether it did."""
+    ) -> str | None:
+        """What to run in place of ``statement``, if anything: ``… DETACH PARTITION …
+        FINALIZE`` for a ``DETACH PARTITION … CONCURRENTLY`` that an earlier try left pending
+        (PostgreSQL refuses to start it again)."""
         target = _detach_target(statement)
         if target is None:
-            return False
+            return None
         row = conn.execute(_PENDING_DETACH, target).fetchone()
         if row is None or not row[0]:
-            return False
+            return None
         self.progress(f"{migration.name}: finishing the pending detach of {target['partition']}")
-        try:
-            conn.execute(
-                pg_sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-                    pg_sql.SQL(target["parent"]), pg_sql.SQL(target["partition"])
-                )
-            )
-        except pg_errors.LockNotAvailable:
-            raise
-        except psycopg.Error as exc:
-            raise _StatementFailed(_sql_error(migration, statement, exc)) from None
-        return True
+        return f"ALTER TABLE {target['parent']} DETACH PARTITION {target['partition']} FINALIZE"
 
     def _record(
         self, conn: psycopg.Connection[Any], migration: MigrationFile, began: float
@@ -842,9 +831,15 @@ class _StatementFailed(Exception):
         self.message = message
 
 
-def _execute(conn: psycopg.Connection[Any], migration: MigrationFile, statement: Statement) -> None:
+def _execute(
+    conn: psycopg.Connection[Any],
+    migration: MigrationFile,
+    statement: Statement,
+    instead: str | None = None,
+) -> None:
+    """Run ``statement`` (or ``instead``, in its place); an error names the statement's line."""
     try:
-        conn.execute(statement.text.encode(), prepare=False)
+        conn.execute((instead or statement.text).encode(), prepare=False)
     except pg_errors.LockNotAvailable:
         raise
     except psycopg.Error as exc:
