@@ -439,7 +439,10 @@ def prune(base, keep, current):
         except OSError:
             continue
         if not name.startswith(".") and st.st_nlink == 1:
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError:  # cleaning up is never worth failing the install for
+                continue
             objects, size = objects + 1, size + st.st_size
     return {"releases": releases, "objects": objects, "bytes": size}
 
