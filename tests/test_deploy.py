@@ -395,3 +395,27 @@ def test_ctrl_c_at_any_moment_ends_without_a_traceback(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130, -signal.SIGINT), err.decode()
     assert b"Traceback" not in err, err.decode()
+
+
+def test_ctrl_c_while_python_shuts_down_ends_without_a_traceback(
+    make_project: ProjectFactory,
+) -> None:
+    """SIGINT after the command is done, while the interpreter waits for a thread at exit
+    (where Python would print "Exception ignored in: <module 'threading'>" and a traceback),
+    ends the process by the signal."""
+    project = make_project({"api": {}})
+    code = (
+        "import threading, time\n"
+        "from airlock.entry import main\n"
+        "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+        "main()\n"
+    )
+    command = [sys.executable, "-u", "-c", code, "status", "staging"]
+    proc = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert "nothing deployed" in proc.stdout.readline().decode()
+    time.sleep(0.5)  # the command returned: the interpreter is waiting for the thread
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), err.decode()
+    assert b"Traceback" not in err, err.decode()
